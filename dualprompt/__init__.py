@@ -1,0 +1,25 @@
+"""dualprompt: dual (text + visual) prompt learning on a frozen open_clip CLIP.
+
+The core imports only torch, open_clip and safetensors; the training stack (Lightning, Hydra,
+wandb) lives in `dualprompt.train` and `dualprompt.training`.
+"""
+from .config import PromptConfig, SubcategoryQuery
+from .losses import category_loss, category_weights, contrastive_loss
+from .model import DualPromptCLIP
+from .prompt_file import PromptFileError, base_fingerprint, load_prompts
+from .reweighting import token_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DualPromptCLIP",
+    "PromptConfig",
+    "PromptFileError",
+    "SubcategoryQuery",
+    "base_fingerprint",
+    "category_loss",
+    "category_weights",
+    "contrastive_loss",
+    "load_prompts",
+    "token_weights",
+]

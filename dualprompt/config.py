@@ -1,0 +1,113 @@
+"""Prompt configuration: what is learned, how long and how deep."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+class SubcategoryQuery(str, enum.Enum):
+    """What the subcategory-sensitive prompt pool is keyed on (no label needed at inference)."""
+
+    FEATURE = "feature"  # the frozen CLIP feature of the caption (one extra frozen text pass)
+    TOKENS = "tokens"  # the mean frozen token embedding of the caption (free)
+
+
+@dataclass
+class PromptConfig:
+    """The learned prompt vectors of a `DualPromptCLIP`; a length of 0 switches a group off.
+
+    Text layout (CoOp "end" layout): ``[SOS][attribute][subcategory][caption tokens][EOT]``.
+    """
+
+    # Attribute-level text vectors, shared by every caption.
+    attribute_length: int = 4
+    # Words whose token embeddings initialise the attribute vectors (CoOp); None: N(0, 0.02).
+    # Needs as many tokens as `attribute_length` or fewer (the rest start random); ignored
+    # when attribute_length is 0.
+    attribute_init: Optional[str] = "a photo of a"
+    # Subcategory-sensitive text vectors: a pool of `subcategory_pool_size` prompt sets with
+    # learnable keys, mixed per caption by key-query similarity (see `SubcategoryQuery`).
+    subcategory_length: int = 2
+    subcategory_pool_size: int = 8
+    subcategory_query: SubcategoryQuery = SubcategoryQuery.FEATURE
+    subcategory_temperature: float = 0.1
+    # Layers of the text tower whose input gets fresh attribute vectors (1 = input layer only).
+    text_depth: int = 1
+    # Visual prompt tokens appended to the ViT token sequence.
+    visual_length: int = 4
+    # Layers of the image tower whose input gets fresh visual tokens (1 = shallow, VPT-deep > 1).
+    visual_depth: int = 1
+    # Generate the visual tokens from the attribute vectors by a linear map per layer (MaPLe).
+    # Needs visual_length == attribute_length and visual_depth <= text_depth.
+    coupled: bool = False
+    # Std of the normal init of vectors that are not initialised from words.
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.subcategory_query = SubcategoryQuery(self.subcategory_query)
+        for name in ("attribute_length", "subcategory_length", "visual_length"):
+            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("text_depth", "visual_depth"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1 (1 = input layer only), "
+                                                   f"got {getattr(self, name)}")
+        if self.subcategory_length > 0:
+            _check(self.subcategory_pool_size >= 1, "subcategory_pool_size",
+                   f"must be >= 1 when subcategory_length > 0, got {self.subcategory_pool_size}")
+        _check(self.subcategory_temperature > 0, "subcategory_temperature",
+               f"must be > 0, got {self.subcategory_temperature}")
+        _check(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
+        if self.attribute_init is not None:
+            _check(bool(self.attribute_init.strip()), "attribute_init",
+                   "must be None or non-empty words")
+        if self.coupled:
+            _check(self.visual_length > 0 and self.attribute_length > 0, "coupled",
+                   "needs attribute_length > 0 and visual_length > 0")
+            _check(self.visual_length == self.attribute_length, "visual_length",
+                   f"must equal attribute_length ({self.attribute_length}) when coupled, "
+                   f"got {self.visual_length}")
+            _check(self.visual_depth <= self.text_depth, "visual_depth",
+                   f"must be <= text_depth ({self.text_depth}) when coupled, "
+                   f"got {self.visual_depth}")
+
+    @property
+    def text_length(self) -> int:
+        """Number of prompt positions inserted into every caption."""
+        return self.attribute_length + self.subcategory_length
+
+    def check_model(self, text_layers: int, vision_layers: int, context_length: int) -> None:
+        """Validate against a concrete model; raises ValueError naming the field."""
+        if self.attribute_length > 0:
+            _check(self.text_depth <= text_layers, "text_depth",
+                   f"is {self.text_depth} but the text tower has {text_layers} layers")
+        if self.visual_length > 0:
+            _check(self.visual_depth <= vision_layers, "visual_depth",
+                   f"is {self.visual_depth} but the image tower has {vision_layers} layers")
+        # SOS + prompts + at least one caption token + EOT must fit in the window.
+        room = context_length - 2 - self.text_length
+        _check(room >= 1, "attribute_length/subcategory_length",
+               f"{self.text_length} text prompt vectors leave no room for a caption in the "
+               f"context window of {context_length} tokens (at most {context_length - 3})")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["subcategory_query"] = self.subcategory_query.value
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PromptConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"PromptConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"PromptConfig.{field} {message}")

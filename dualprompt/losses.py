@@ -1,0 +1,69 @@
+"""Losses as pure functions of features. Features are L2-normalised; maths runs in fp32."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def contrastive_loss(image_features: Tensor, text_features: Tensor,
+                     logit_scale: Union[Tensor, float],
+                     text_to_image: Optional[Tensor] = None) -> Tensor:
+    """Symmetric InfoNCE over a batch, with any number of captions per image.
+
+    image_features: (N, D); text_features: (M, D).
+    text_to_image: (M,) index of each caption's image; None means M == N and caption i
+        describes image i.
+    logit_scale: the multiplier (already exponentiated), scalar.
+    text->image is the usual cross-entropy; image->text treats all captions of an image as
+    positives (-log of their total probability, the "any caption" meaning of Recall@K);
+    images without a caption in the batch are left out of that direction.
+    Returns the mean of the two directions, a scalar.
+    """
+    n, m = image_features.shape[0], text_features.shape[0]
+    if text_to_image is None:
+        if n != m:
+            raise ValueError(f"{n} images and {m} captions: pass text_to_image")
+        text_to_image = torch.arange(n, device=image_features.device)
+    logits = logit_scale * image_features.float() @ text_features.float().t()  # (N, M)
+    t2i = F.cross_entropy(logits.t(), text_to_image)
+    positive = text_to_image[None, :] == torch.arange(n, device=logits.device)[:, None]  # (N, M)
+    has_caption = positive.any(dim=1)
+    log_p = logits.log_softmax(dim=1).masked_fill(~positive, float("-inf"))
+    i2t = -torch.logsumexp(log_p[has_caption], dim=1).mean()
+    return (i2t + t2i) / 2
+
+
+def category_loss(image_features: Tensor, positive_features: Tensor, negative_features: Tensor,
+                  logit_scale: Union[Tensor, float],
+                  negative_weights: Optional[Tensor] = None,
+                  negative_mask: Optional[Tensor] = None) -> Tensor:
+    """Category-aware negative loss: -log(e^s0 / (e^s0 + sum_k w_k e^sk)), batch mean.
+
+    image_features: (B, D); positive_features: (B, D) each image's positive caption;
+    negative_features: (B, K, D) its negative captions.
+    negative_weights: (B, K) w_k (see `category_weights`), 1 if None.
+    negative_mask: (B, K) bool, False for padding negatives (a record with fewer than K).
+    """
+    img = image_features.float()
+    s0 = logit_scale * (img * positive_features.float()).sum(-1)  # (B,)
+    sk = logit_scale * torch.einsum("bd,bkd->bk", img, negative_features.float())  # (B, K)
+    if negative_weights is not None:
+        sk = sk + negative_weights.float().log()
+    if negative_mask is not None:
+        sk = sk.masked_fill(~negative_mask, float("-inf"))
+    logits = torch.cat([s0[:, None], sk], dim=1)  # (B, 1+K)
+    return (torch.logsumexp(logits, dim=1) - s0).mean()
+
+
+def category_weights(negative_categories: Tensor, image_categories: Tensor,
+                     alpha: float) -> Tensor:
+    """w = 1 + alpha where a negative's category equals its image's, else 1.
+
+    negative_categories: (B, K) integer category ids; image_categories: (B,). Returns (B, K).
+    Whether "category" is the fine class or the meta-category is the caller's choice of ids.
+    """
+    same = negative_categories == image_categories[:, None]
+    return 1.0 + alpha * same.float()

@@ -1,0 +1,196 @@
+"""`DualPromptCLIP`: a frozen open_clip CLIP with learned text and visual prompt vectors."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import open_clip
+from open_clip.model import CLIP
+
+from . import towers
+from .config import PromptConfig, SubcategoryQuery
+from .prompts import AttributePrompts, SubcategoryPrompts, VisualPrompts
+from .tokens import fit_to_window
+
+log = logging.getLogger(__name__)
+
+Tokenizer = Callable[[list[str]], Tensor]
+
+
+class DualPromptCLIP(nn.Module):
+    """Wraps an open_clip `CLIP` (kept frozen, in eval mode) with learned prompt vectors.
+
+    Drop-in for the wrapped model: `encode_image`, `encode_text`, `forward` and
+    `logit_scale` behave like open_clip's, so existing retrieval code keeps working.
+
+    Args:
+        clip: an open_clip `CLIP` with a native text tower and a ViT image tower.
+        config: what to learn; `PromptConfig()` by default.
+        tokenizer: tokenizes `config.attribute_init`; open_clip's default tokenizer if None.
+        trim_context: drop padding columns after the batch's longest caption (exact under
+            the causal text mask; a large saving on short captions).
+    """
+
+    def __init__(self, clip: nn.Module, config: Optional[PromptConfig] = None, *,
+                 tokenizer: Optional[Tokenizer] = None, trim_context: bool = True) -> None:
+        super().__init__()
+        towers.check_supported(clip)
+        config = config if config is not None else PromptConfig()
+        config.check_model(towers.text_layers(clip), towers.vision_layers(clip),
+                           clip.context_length)
+        self.config = config
+        self.trim_context = trim_context and clip.attn_mask is not None
+        self.clip = clip
+        clip.requires_grad_(False)
+        clip.eval()
+
+        width = towers.text_width(clip)
+        self.attribute = None
+        if config.attribute_length:
+            init = None
+            if config.attribute_init is not None:
+                init = _word_embeddings(clip, config.attribute_init, config.attribute_length,
+                                        tokenizer or open_clip.tokenize)
+            self.attribute = AttributePrompts(config.attribute_length, config.text_depth, width,
+                                              config.init_std, init)
+        self.subcategory = None
+        if config.subcategory_length:
+            key_dim = (width if config.subcategory_query == SubcategoryQuery.TOKENS
+                       else towers.embed_dim(clip))
+            self.subcategory = SubcategoryPrompts(
+                config.subcategory_length, config.subcategory_pool_size, width, key_dim,
+                config.subcategory_temperature, config.init_std)
+        self.visual_prompts = None
+        if config.visual_length:
+            self.visual_prompts = VisualPrompts(
+                config.visual_length, config.visual_depth, towers.vision_width(clip),
+                config.init_std, coupled_from_width=width if config.coupled else None)
+        log.info("DualPromptCLIP: %d trainable parameters (%s)", self.num_trainable_parameters(),
+                 config.to_json())
+
+    # -- open_clip interface -------------------------------------------------------------
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    @property
+    def logit_bias(self) -> Optional[nn.Parameter]:
+        return self.clip.logit_bias
+
+    @property
+    def context_length(self) -> int:
+        return self.clip.context_length
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    def train(self, mode: bool = True) -> "DualPromptCLIP":
+        super().train(mode)
+        self.clip.eval()  # the backbone stays in eval mode (dropout, patch dropout off)
+        return self
+
+    def encode_text(self, text: Tensor, normalize: bool = False,
+                    token_weights: Optional[Tensor] = None) -> Tensor:
+        """text: (B, L) token ids from `open_clip.get_tokenizer`. Returns (B, D).
+
+        token_weights: optional (B, L) per-token scale of the caption's token embeddings
+        (training-time dynamic re-weighting, see `dualprompt.reweighting`); None at inference.
+        """
+        clip, n_prompt = self.clip, self.config.text_length
+        eot = towers.eot_index(clip, text)
+        tokens, eot, _ = fit_to_window(text, eot, n_prompt, trim=self.trim_context)
+        x = clip.token_embedding(tokens)  # (B, L', W)
+        if token_weights is not None:
+            w = token_weights[:, :tokens.shape[1]].to(x.dtype)
+            w = w.scatter(1, eot[:, None], 1.0)  # the (possibly moved) end token stays at 1
+            x = x * w.unsqueeze(-1)
+        prompts = self._text_prompts(tokens, eot)
+        deep: list[Tensor] = []
+        if prompts is not None:
+            x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)  # (B, L'+n, W)
+            if self.attribute is not None:
+                deep = list(self.attribute()[1:])
+        hidden = towers.text_hidden(clip, x, deep, prompt_start=1)
+        features = towers.pool_text(clip, hidden, eot + n_prompt)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image(self, image: Tensor, normalize: bool = False) -> Tensor:
+        """image: (B, 3, H, W) preprocessed as for the wrapped CLIP. Returns (B, D)."""
+        prompts: list[Tensor] = []
+        if self.visual_prompts is not None:
+            text_vectors = self.attribute() if self.config.coupled else None
+            prompts = self.visual_prompts(text_vectors)
+        features = towers.encode_image(self.clip.visual, image, prompts)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image: Optional[Tensor] = None, text: Optional[Tensor] = None):
+        """Like open_clip `CLIP.forward`: normalised features and `logit_scale.exp()`."""
+        image_features = self.encode_image(image, normalize=True) if image is not None else None
+        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        if getattr(self.clip, "output_dict", False):
+            out = {"image_features": image_features, "text_features": text_features,
+                   "logit_scale": self.logit_scale.exp()}
+            if self.logit_bias is not None:
+                out["logit_bias"] = self.logit_bias
+            return out
+        if self.logit_bias is not None:
+            return image_features, text_features, self.logit_scale.exp(), self.logit_bias
+        return image_features, text_features, self.logit_scale.exp()
+
+    # -- prompts ---------------------------------------------------------------------------
+    def _text_prompts(self, tokens: Tensor, eot: Tensor) -> Optional[Tensor]:
+        """(B, L') fitted token ids -> (B, n, W) input-layer text prompts, or None."""
+        parts = []
+        if self.attribute is not None:
+            parts.append(self.attribute()[0].unsqueeze(0).expand(tokens.shape[0], -1, -1))
+        if self.subcategory is not None:
+            parts.append(self.subcategory(self.subcategory_query(tokens, eot)))
+        return torch.cat(parts, dim=1) if parts else None
+
+    @torch.no_grad()
+    def subcategory_query(self, tokens: Tensor, eot: Tensor) -> Tensor:
+        """The frozen, label-free description of each caption that keys the prompt pool.
+
+        tokens: (B, L'), eot: (B,). Returns (B, Dq).
+        """
+        clip = self.clip
+        if self.config.subcategory_query == SubcategoryQuery.FEATURE:
+            return towers.frozen_text_features(clip, tokens, eot=eot)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        content = (positions[None, :] > 0) & (positions[None, :] < eot[:, None])  # (B, L')
+        emb = clip.token_embedding(tokens) * content.unsqueeze(-1)
+        return emb.sum(1) / content.sum(1, keepdim=True).clamp(min=1)
+
+    def prompt_state_dict(self) -> dict[str, Tensor]:
+        """The learned tensors only (what a prompt file and a checkpoint hold)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def save_prompts(self, path: Union[str, Path]) -> Path:
+        """Write the learned tensors, the config and the base-model fingerprint (safetensors)."""
+        from .prompt_file import save_prompts
+        return save_prompts(self, path)
+
+
+def _word_embeddings(clip: CLIP, words: str, length: int, tokenizer: Tokenizer) -> Tensor:
+    """Token embeddings of `words` without start/end tokens: (n, W), n <= length."""
+    ids = tokenizer([words])[0]
+    eot = int(ids.argmax())
+    ids = ids[1:eot]
+    if len(ids) > length:
+        raise ValueError(f"PromptConfig.attribute_init {words!r} is {len(ids)} tokens, more than "
+                         f"attribute_length={length}")
+    if int(ids.max()) >= clip.token_embedding.num_embeddings:
+        raise ValueError(f"PromptConfig.attribute_init {words!r}: the tokenizer's ids exceed the "
+                         f"model's vocabulary ({clip.token_embedding.num_embeddings}); pass the "
+                         "model's own tokenizer")
+    with torch.no_grad():
+        return clip.token_embedding(ids.to(clip.token_embedding.weight.device)).float().cpu()

@@ -1,0 +1,144 @@
+"""Prompt files: the learned tensors of a `DualPromptCLIP` in one small `.safetensors` file.
+
+The file holds only the learned tensors (no pickle), with string metadata: the prompt config
+and a fingerprint of the base model it was trained on (architecture + checksum of some frozen
+weights), so that loading it onto another CLIP is refused with both fingerprints named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from . import towers
+from .config import PromptConfig
+
+FORMAT = "dualprompt.prompts"
+FORMAT_VERSION = "1"
+
+
+class PromptFileError(ValueError):
+    """A prompt file that cannot be read or does not fit the given model."""
+
+
+def base_fingerprint(clip: nn.Module) -> dict[str, Any]:
+    """Architecture summary and a checksum of frozen weights of an open_clip `CLIP`.
+
+    The checksum hashes, in float16 (so fp32 and fp16 copies of a model agree), the text and
+    image projections, positional embeddings, class embedding, final norms and the first
+    block of each tower.
+    """
+    towers.check_supported(clip)
+    visual = clip.visual
+    arch = {
+        "embed_dim": towers.embed_dim(clip),
+        "text_width": towers.text_width(clip),
+        "text_layers": towers.text_layers(clip),
+        "context_length": int(clip.context_length),
+        "vocab_size": int(clip.vocab_size),
+        "vision_width": towers.vision_width(clip),
+        "vision_layers": towers.vision_layers(clip),
+        "image_size": list(visual.image_size),
+        "patch_size": list(visual.patch_size),
+    }
+    tensors = [clip.positional_embedding, clip.ln_final.weight, visual.class_embedding,
+               visual.positional_embedding, visual.ln_post.weight]
+    tensors += [p for p in (clip.text_projection, visual.proj) if isinstance(p, Tensor)]
+    tensors += list(clip.transformer.resblocks[0].parameters())
+    tensors += list(visual.transformer.resblocks[0].parameters())
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return {"arch": arch, "checksum": digest.hexdigest()[:16]}
+
+
+def save_prompts(model: nn.Module, path: Union[str, Path]) -> Path:
+    """Write `model.prompt_state_dict()` atomically (temp file then rename) to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.prompt_state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "prompt_config": model.config.to_json(),
+        "base_fingerprint": json.dumps(base_fingerprint(model.clip), sort_keys=True),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_prompt_file(path: Union[str, Path]) -> tuple[dict[str, Tensor], PromptConfig, dict]:
+    """Read tensors, config and base fingerprint; PromptFileError if it is not a prompt file."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise PromptFileError(f"{path}: not a readable safetensors prompt file ({e})") from e
+    if metadata.get("format") != FORMAT:
+        raise PromptFileError(f"{path}: not a dualprompt prompt file "
+                              f"(metadata format={metadata.get('format')!r})")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise PromptFileError(f"{path}: prompt file format version "
+                              f"{metadata.get('format_version')!r} is not supported "
+                              f"(this dualprompt reads {FORMAT_VERSION})")
+    try:
+        config = PromptConfig.from_dict(json.loads(metadata["prompt_config"]))
+        fingerprint = json.loads(metadata["base_fingerprint"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise PromptFileError(f"{path}: invalid prompt file metadata ({e})") from e
+    return tensors, config, fingerprint
+
+
+def load_prompts(path: Union[str, Path], clip_model: nn.Module, *,
+                 check_fingerprint: bool = True, trim_context: bool = True,
+                 map_location: Optional[Union[str, torch.device]] = None) -> nn.Module:
+    """Load a prompt file onto `clip_model` and return the `DualPromptCLIP`.
+
+    Raises PromptFileError naming both fingerprints when the file was trained on another base
+    model (pass check_fingerprint=False to override, e.g. for a re-quantised copy).
+    """
+    from .model import DualPromptCLIP
+
+    tensors, config, saved = read_prompt_file(path)
+    if check_fingerprint:
+        current = base_fingerprint(clip_model)
+        if current != saved:
+            raise PromptFileError(
+                f"{path} was trained on another base model.\n  prompt file: {json.dumps(saved)}"
+                f"\n  given model: {json.dumps(current)}\nLoad it onto the CLIP it was trained on"
+                " (or pass check_fingerprint=False if you know the weights are equivalent).")
+    # Word init is skipped: the learned tensors overwrite it.
+    model = DualPromptCLIP(clip_model, dataclasses.replace(config, attribute_init=None),
+                           trim_context=trim_context)
+    model.config = config
+    expected = model.prompt_state_dict()
+    if set(expected) != set(tensors):
+        raise PromptFileError(f"{path}: tensors {sorted(tensors)} do not match the prompt "
+                              f"config, which needs {sorted(expected)}")
+    for name, value in tensors.items():
+        if value.shape != expected[name].shape:
+            raise PromptFileError(f"{path}: tensor {name} has shape {tuple(value.shape)}, the "
+                                  f"model needs {tuple(expected[name].shape)}")
+    device = map_location or next(clip_model.parameters()).device
+    model.load_state_dict(tensors, strict=False)
+    return model.to(device)

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random-init open_clip models built from a JSON model config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+TINY_NAME = "dualprompt-test-tiny"
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+}
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model_configs") / f"{TINY_NAME}.json"
+    path.write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(path)
+    return path
+
+
+def make_tiny_clip(seed: int = 0):
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY_NAME, pretrained=None)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_clip(tiny_config_file):
+    return make_tiny_clip()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+@pytest.fixture
+def batch(tokenizer):
+    torch.manual_seed(1)
+    captions = ["This is a photo of a Bengal cat.A striped cat on a sofa.",
+                "This is a photo of an Egyptian Mau.A spotted cat in the sun.",
+                "a red striped triangle", "two dogs"]
+    return torch.randn(len(captions), 3, 32, 32), tokenizer(captions)

@@ -1,0 +1,55 @@
+import pytest
+
+from dualprompt import PromptConfig, SubcategoryQuery
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"attribute_length": -1}, "attribute_length"),
+    ({"subcategory_length": -2}, "subcategory_length"),
+    ({"visual_length": -1}, "visual_length"),
+    ({"text_depth": 0}, "text_depth"),
+    ({"visual_depth": 0}, "visual_depth"),
+    ({"subcategory_pool_size": 0}, "subcategory_pool_size"),
+    ({"subcategory_temperature": 0.0}, "subcategory_temperature"),
+    ({"init_std": -0.1}, "init_std"),
+    ({"attribute_init": "  "}, "attribute_init"),
+    ({"coupled": True, "visual_length": 0}, "coupled"),
+    ({"coupled": True, "visual_length": 3, "attribute_length": 4}, "visual_length"),
+    ({"coupled": True, "visual_depth": 3, "text_depth": 2, "visual_length": 4}, "visual_depth"),
+])
+def test_invalid_fields_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"PromptConfig\.{field}\b"):
+        PromptConfig(**kwargs)
+
+
+def test_subcategory_query_accepts_strings_and_rejects_unknown():
+    assert PromptConfig(subcategory_query="tokens").subcategory_query is SubcategoryQuery.TOKENS
+    with pytest.raises(ValueError):
+        PromptConfig(subcategory_query="labels")
+
+
+@pytest.mark.parametrize("kwargs, field, layers", [
+    ({"text_depth": 4}, "text_depth", (3, 12)),
+    ({"visual_depth": 13}, "visual_depth", (12, 12)),
+])
+def test_depth_larger_than_tower(kwargs, field, layers):
+    with pytest.raises(ValueError, match=rf"PromptConfig\.{field} is \d+ but the \w+ tower has"):
+        PromptConfig(**kwargs).check_model(*layers, context_length=77)
+
+
+def test_prompt_lengths_must_leave_room_for_a_caption():
+    PromptConfig(attribute_length=70, subcategory_length=4, attribute_init=None).check_model(
+        12, 12, 77)  # 74 prompts + SOS + 1 token + EOT = 77: fits
+    with pytest.raises(ValueError, match="leave no room for a caption"):
+        PromptConfig(attribute_length=71, subcategory_length=4).check_model(12, 12, 77)
+
+
+def test_switched_off_groups_skip_their_depth_checks():
+    PromptConfig(attribute_length=0, subcategory_length=0, text_depth=50).check_model(3, 3, 77)
+
+
+def test_round_trip_dict_and_unknown_keys():
+    cfg = PromptConfig(attribute_length=2, subcategory_query="tokens", coupled=False)
+    assert PromptConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown field"):
+        PromptConfig.from_dict({"n_ctx": 4})
