@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 TRAINING_STACK = ["lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb", "torchmetrics"]
-CORE = "dualprompt, dualprompt.model, dualprompt.losses, dualprompt.prompt_file"
+CORE = "dualprompt, dualprompt.model, dualprompt.losses, dualprompt.prompt_file, dualprompt.metrics"
 
 
 def _run(code: str) -> str:
