@@ -13,6 +13,9 @@ class SubcategoryQuery(str, enum.Enum):
 
     FEATURE = "feature"  # the frozen CLIP feature of the caption (one extra frozen text pass)
     TOKENS = "tokens"  # the mean frozen token embedding of the caption (free)
+    # lower-case aliases: OmegaConf/Hydra look enum members up by name ("feature" in YAML)
+    feature = "feature"
+    tokens = "tokens"
 
 
 @dataclass
