@@ -13,7 +13,10 @@ authors'), while the images sit in the source datasets' own layouts (CoOp splits
 `ImageIndex` tries, in order: the name as a relative path; the name with one '_' read as a
 folder separator; the name without a leading '<prefix>_'; each with and without '.jpg'; and
 matches a candidate against every file under the root whose relative path ends with it.
-The first candidate with exactly one match wins.
+The first candidate with exactly one match wins. To never pick a wrong image silently, the
+search stops with no match when a candidate matches several files, or when a candidate's
+folder exists under the root but lacks the file (``cars_train_05266.jpg`` must not fall back
+to ``cars_test/05266.jpg``).
 """
 from __future__ import annotations
 
@@ -33,12 +36,14 @@ class ImageIndex:
         if not self.root.is_dir():
             raise FileNotFoundError(f"image root is not a folder: {self.root}")
         self._by_basename: Optional[dict[str, list[str]]] = None
+        self._folders: set[str] = set()
 
     def _index(self) -> dict[str, list[str]]:
         if self._by_basename is None:
             index: dict[str, list[str]] = defaultdict(list)
-            for dirpath, _, files in os.walk(self.root, followlinks=True):
+            for dirpath, dirs, files in os.walk(self.root, followlinks=True):
                 rel = os.path.relpath(dirpath, self.root)
+                self._folders.update(dirs)
                 for f in files:
                     if f.lower().endswith(IMAGE_SUFFIXES):
                         index[f].append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
@@ -57,6 +62,10 @@ class ImageIndex:
                        if p == candidate or p.endswith("/" + candidate)]
             if len(matches) == 1:
                 return self.root / matches[0]
+            if len(matches) > 1:
+                return None  # ambiguous: refuse to guess
+            if "/" in candidate and candidate.rsplit("/", 2)[-2] in self._folders:
+                return None  # its folder exists but lacks the file: the image is missing
         return None
 
 

@@ -1,0 +1,197 @@
+"""`RetrievalDataModule`: FDRD-format and Karpathy-format domains as Lightning loaders."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import lightning as L
+from torch.utils.data import ConcatDataset, DataLoader
+
+from ..data import ImageRecord, clean_negatives, load_fdrd_json, load_karpathy_json
+from ..data.images import ImageIndex
+from .data import Gallery, Sample, TrainPairs, check_image, collate_gallery, split_validation
+from .schema import DatasetConfig, DomainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DomainSplits:
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Train on the union of `train_domains`; validate on their val splits (model selection);
+    test on each of `test_domains` with its own gallery (per-domain Recall@K and AVG)."""
+
+    def __init__(self, dataset: DatasetConfig, *, tokenizer: Callable, train_transform: Callable,
+                 eval_transform: Callable, batch_size: int, eval_batch_size: int,
+                 num_workers: int, category_level: str = "fine", seed: int = 0) -> None:
+        super().__init__()
+        if category_level not in ("fine", "meta"):
+            raise ValueError(f"loss.category_level must be 'fine' or 'meta', got {category_level!r}")
+        self.cfg, self.tokenizer = dataset, tokenizer
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.category_level, self.seed = num_workers, category_level, seed
+        self.domains: dict[str, DomainSplits] = {}
+        self.skipped: dict[str, int] = {}
+        self.reports: dict[str, object] = {}  # "domain/split" -> FdrdReport / NegativeReport
+
+    # -- building ------------------------------------------------------------------------
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.domains:
+            return
+        cfg = self.cfg
+        unknown = [d for d in [*cfg.train_domains, *cfg.test_domains] if d not in cfg.domains]
+        if unknown:
+            raise ValueError(f"dataset {cfg.name}: domains {unknown} are not defined in "
+                             f"dataset.domains ({sorted(cfg.domains)})")
+        if not cfg.train_domains and not cfg.test_domains:
+            raise ValueError(f"dataset {cfg.name}: no train_domains and no test_domains")
+        categories: dict[str, int] = {}
+        for name in dict.fromkeys([*cfg.train_domains, *cfg.test_domains]):
+            self.domains[name] = self._build_domain(name, cfg.domains[name], categories,
+                                                    train=name in cfg.train_domains)
+        if self.skipped:
+            log.warning("skipped %d unusable images (dataset.skip_bad_images=true): %s",
+                        sum(self.skipped.values()), self.skipped)
+
+    def _build_domain(self, name: str, dom: DomainConfig, categories: dict[str, int],
+                      train: bool) -> DomainSplits:
+        root = Path(self.cfg.root).expanduser()
+        train_records = self._records(root, name, dom, "train") if train else []
+        val_records = self._records(root, name, dom, "val") if train and dom.val else []
+        if train and not dom.val:
+            train_records, val_records = split_validation(train_records, self.cfg.val_fraction,
+                                                          self.seed)
+        test_records = (self._records(root, name, dom, "test")
+                        if name in self.cfg.test_domains else [])
+        meta = self._meta_categories(root, dom)
+        if train_records and dom.format == "fdrd" and self.cfg.negatives.k > 0:
+            classes = sorted({r.class_name for r in train_records if r.class_name})
+            train_records, report = clean_negatives(
+                train_records, classes, k=self.cfg.negatives.k, meta_category=meta,
+                seed=self.seed, attribute_swap=self.cfg.negatives.attribute_swap)
+            self.reports[f"{name}/negatives"] = report
+        index = ImageIndex(root / dom.images)
+
+        def category(class_name: Optional[str]) -> int:
+            if not class_name:
+                return -1
+            key = meta.get(class_name, class_name) if self.category_level == "meta" else class_name
+            return categories.setdefault(f"{name}/{key}", len(categories))
+
+        def samples(records: list[ImageRecord], split: str) -> list[Sample]:
+            out, bad = [], []
+            for r in records:
+                path = index.resolve(r.file_name)
+                problem = check_image(path, verify=self.cfg.skip_bad_images)
+                if problem:
+                    bad.append((r, problem))
+                    continue
+                out.append(Sample(r, path, category(r.class_name),
+                                  tuple(category(n.class_name) for n in r.negatives)))
+            if bad and not self.cfg.skip_bad_images:
+                shown = "; ".join(f"{r.image_id!r} ({r.file_name}): {why}" for r, why in bad[:5])
+                raise FileNotFoundError(
+                    f"domain {name} {split}: {len(bad)} of {len(records)} images unusable under "
+                    f"{index.root}: {shown}. Fix dataset.root / dataset.domains.{name}.images, "
+                    "or set dataset.skip_bad_images=true to skip them (counted and logged).")
+            if bad:
+                self.skipped[f"{name}/{split}"] = len(bad)
+                for r, why in bad[:5]:
+                    log.warning("skipping %s %s %r (%s): %s", name, split, r.image_id,
+                                r.file_name, why)
+            if records and not out:
+                raise ValueError(f"domain {name} {split}: no usable images left")
+            return out
+
+        splits = DomainSplits(samples(train_records, "train"), samples(val_records, "val"),
+                              samples(test_records, "test"))
+        log.info("domain %s: %d train, %d val, %d test images", name, len(splits.train),
+                 len(splits.val), len(splits.test))
+        return splits
+
+    def _records(self, root: Path, name: str, dom: DomainConfig, split: str) -> list[ImageRecord]:
+        file = getattr(dom, split)
+        if not file:
+            raise ValueError(f"dataset.domains.{name}.{split} is not set")
+        path = root / file
+        if not path.is_file():
+            raise FileNotFoundError(f"domain {name}: {split} caption file not found: {path}")
+        if dom.format == "fdrd":
+            records, self.reports[f"{name}/{split}"] = load_fdrd_json(path, domain=name)
+        elif dom.format == "karpathy":
+            records = load_karpathy_json(path, split)
+        else:
+            raise ValueError(f"dataset.domains.{name}.format must be fdrd or karpathy, "
+                             f"got {dom.format!r}")
+        if not records:
+            raise ValueError(f"{path}: the {split} split of domain {name} is empty")
+        return records
+
+    def summary(self) -> dict:
+        """Image counts, skipped images and data reports, for results.json."""
+        return {
+            "images": {d: {"train": len(s.train), "val": len(s.val), "test": len(s.test)}
+                       for d, s in self.domains.items()},
+            "skipped_images": dict(self.skipped),
+            "reports": {k: _jsonable(dataclasses.asdict(r)) for k, r in self.reports.items()},
+        }
+
+    @staticmethod
+    def _meta_categories(root: Path, dom: DomainConfig) -> dict[str, str]:
+        if not dom.meta_categories:
+            return {}
+        path = root / dom.meta_categories
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read meta-categories ({e})") from e
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError(f"{path}: expected a JSON object {{class: meta-category}}")
+        return meta
+
+    # -- loaders -------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        parts = [TrainPairs(self.domains[d].train, self.train_transform, self.tokenizer,
+                            self.cfg.negatives.k) for d in self.cfg.train_domains]
+        pairs = ConcatDataset(parts)
+        if len(pairs) < self.batch_size:
+            raise ValueError(f"dataset {self.cfg.name}: {len(pairs)} training images, fewer "
+                             f"than data.batch_size={self.batch_size}")
+        return DataLoader(pairs, batch_size=self.batch_size, shuffle=True,
+                          drop_last=True, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_domains(self) -> list[str]:
+        return list(self.cfg.train_domains)
+
+    def test_domains(self) -> list[str]:
+        return list(self.cfg.test_domains)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._gallery(d, self.domains[d].val) for d in self.val_domains()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._gallery(d, self.domains[d].test) for d in self.test_domains()]
+
+    def _gallery(self, name: str, samples: list[Sample]) -> DataLoader:
+        return DataLoader(Gallery(samples, self.eval_transform, self.tokenizer, name),
+                          batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=collate_gallery)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)

@@ -1,0 +1,157 @@
+"""`PromptRetrievalModule`: trains the prompts of a `DualPromptCLIP` with Lightning."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from ..losses import category_loss, category_weights, contrastive_loss
+from ..metrics import summarize_domains
+from ..reweighting import token_weights
+from .retrieval_metric import RetrievalRecall
+from .schedule import warmup_cosine
+from .schema import LossConfig, OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class PromptRetrievalModule(L.LightningModule):
+    """Loss `L_con + lambda * L_cate` with optional token re-weighting; Recall@K per domain.
+
+    model: a `DualPromptCLIP`, or any open_clip-like model for evaluation only (zero-shot).
+    Checkpoints hold the learned tensors only (plus optimizer and scheduler state).
+    """
+
+    def __init__(self, model: nn.Module, *, loss: Optional[LossConfig] = None,
+                 optim: Optional[OptimConfig] = None, val_domains: Sequence[str] = (),
+                 test_domains: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_cfg = loss or LossConfig()
+        self.optim_cfg = optim or OptimConfig()
+        self.val_domains, self.test_domains = list(val_domains), list(test_domains)
+        self.val_metrics = nn.ModuleList(RetrievalRecall() for _ in self.val_domains)
+        self.test_metrics = nn.ModuleList(RetrievalRecall() for _ in self.test_domains)
+        self.strict_loading = False  # checkpoints carry the learned tensors only
+        self.test_results: dict[str, dict[str, float]] = {}
+        self.val_results: dict[str, dict[str, float]] = {}
+
+    # -- training ------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        model, cfg = self.model, self.loss_cfg
+        images, tokens = batch["image"], batch["tokens"]
+        image_features = model.encode_image(images, normalize=True)  # (B, D)
+        weights = None
+        if cfg.reweighting:
+            frozen = image_features if model.visual_prompts is None else None
+            weights = token_weights(model.clip, tokens, images, image_features=frozen,
+                                    strength=cfg.reweighting_strength)
+        text_features = model.encode_text(tokens, normalize=True, token_weights=weights)
+        scale = model.logit_scale.exp().float()
+        total = torch.zeros((), device=images.device)
+        if cfg.contrastive:
+            loss_con = contrastive_loss(image_features, text_features, scale)
+            self.log("train/loss_con", loss_con)
+            total = total + loss_con
+        if cfg.category_weight > 0 and bool(batch["negative_mask"].any()):
+            loss_cate = self._category_loss(batch, image_features, text_features, scale)
+            self.log("train/loss_cate", loss_cate)
+            total = total + cfg.category_weight * loss_cate
+        if not total.requires_grad:
+            raise RuntimeError("no loss term is switched on (loss.contrastive=false and no "
+                               "negatives / loss.category_weight=0)")
+        self.log("train/loss", total, prog_bar=True)
+        return total
+
+    def _category_loss(self, batch: dict[str, Tensor], image_features: Tensor,
+                       text_features: Tensor, scale: Tensor) -> Tensor:
+        mask = batch["negative_mask"]  # (B, K)
+        b, k, _ = batch["negative_tokens"].shape
+        encoded = self.model.encode_text(batch["negative_tokens"][mask], normalize=True)
+        negatives = encoded.new_zeros(b, k, encoded.shape[-1])
+        negatives[mask] = encoded  # (B, K, D); padding rows are masked out of the loss
+        weights = category_weights(batch["negative_categories"], batch["category"],
+                                   self.loss_cfg.alpha)
+        weights = weights.masked_fill(batch["negative_categories"] < 0, 1.0)
+        return category_loss(image_features, text_features, negatives, scale, weights, mask)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("the model has no trainable parameters (all prompt lengths 0?)")
+        cfg = self.optim_cfg
+        if cfg.name == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+        elif cfg.name == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                    weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"optim.name must be sgd or adamw, got {cfg.name!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def factor(step: int) -> float:
+            return warmup_cosine(step, total_steps=total, warmup_steps=cfg.warmup_steps,
+                                 base_lr=cfg.lr, warmup_lr=cfg.warmup_lr,
+                                 min_lr=cfg.min_lr) / cfg.lr
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        log.info("training %d prompt parameters; %d frozen CLIP parameters", n, frozen)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _embed(self, batch: dict[str, Tensor], metric: RetrievalRecall) -> None:
+        image_features = self.model.encode_image(batch["image"], normalize=True)
+        text_features = self.model.encode_text(batch["tokens"], normalize=True)
+        metric.update(image_features.float(), batch["image_ids"], text_features.float(),
+                      batch["text_ids"], batch["text_image_ids"])
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        self._embed(batch, self.val_metrics[dataloader_idx])
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int,
+                  dataloader_idx: int = 0) -> None:
+        self._embed(batch, self.test_metrics[dataloader_idx])
+
+    def _finish(self, stage: str, domains: list[str], metrics: nn.ModuleList) -> dict:
+        per_domain = {}
+        for name, metric in zip(domains, metrics):
+            per_domain[name] = metric.compute()
+            metric.reset()
+        results = summarize_domains(per_domain) if per_domain else {}
+        for domain, values in results.items():
+            for key, value in values.items():
+                self.log(f"{stage}/{domain}/{key}", value, add_dataloader_idx=False,
+                         prog_bar=domain == "AVG" and key == "rsum")
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            for metric in self.val_metrics:
+                metric.reset()
+            return
+        self.val_results = self._finish("val", self.val_domains, self.val_metrics)
+        avg = self.val_results.get("AVG", {})
+        if avg:
+            log.info("epoch %d: val i2t R@1 %.2f  t2i R@1 %.2f  rsum %.2f", self.current_epoch,
+                     avg["i2t_R@1"], avg["t2i_R@1"], avg["rsum"])
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._finish("test", self.test_domains, self.test_metrics)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        learned = {f"model.{k}" for k, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in learned}
+        config = getattr(self.model, "config", None)
+        if config is not None:
+            checkpoint["dualprompt_prompt_config"] = config.to_dict()

@@ -1,0 +1,62 @@
+"""What a run writes: versions, git revision, results.json, the before/after table."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+PACKAGES = ("dualprompt", "torch", "torchvision", "open_clip_torch", "lightning",
+            "torchmetrics", "hydra-core", "wandb")
+
+
+def versions() -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision() -> Optional[str]:
+    """The git commit of the dualprompt source tree, with '+dirty' for local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty.strip() else "")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+    os.replace(tmp, path)
+
+
+KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")
+
+
+def results_table(columns: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table, one row per (domain, method): columns = {method: {domain: metrics}}."""
+    lines = ["| domain | method | " + " | ".join(KEYS) + " |",
+             "|---|---|" + "---:|" * len(KEYS)]
+    domains = list(dict.fromkeys(d for res in columns.values() for d in res))
+    for domain in domains:
+        for method, res in columns.items():
+            if domain in res:
+                cells = " | ".join(f"{res[domain].get(k, float('nan')):.2f}" for k in KEYS)
+                lines.append(f"| {domain} | {method} | {cells} |")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Structured-config schemas: the YAML in dualprompt/conf is validated against these, so a
+misspelled key or a wrong type fails when Hydra composes the config, not an hour into a run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from ..config import PromptConfig
+
+
+@dataclass
+class DomainConfig:
+    """One retrieval domain: caption files (relative to the dataset root) and its images."""
+
+    train: Optional[str] = None
+    val: Optional[str] = None  # None: `val_fraction` of the train images are held out
+    test: Optional[str] = None
+    images: str = "."  # image folder, relative to the dataset root
+    format: str = "fdrd"  # fdrd | karpathy
+    meta_categories: Optional[str] = None  # JSON {class: meta-category}, relative to the root
+
+
+@dataclass
+class NegativesConfig:
+    k: int = 4  # negatives per image
+    attribute_swap: bool = True  # also generate "same class, other description" negatives
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = MISSING  # folder holding caption files and images
+    domains: dict[str, DomainConfig] = field(default_factory=dict)
+    train_domains: list[str] = field(default_factory=list)
+    test_domains: list[str] = field(default_factory=list)  # each evaluated on its own gallery
+    val_fraction: float = 0.1
+    skip_bad_images: bool = False  # count, log and skip missing/unreadable images
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    generate: Optional[str] = None  # "world": build the offline procedural world if missing
+    generate_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ViT-B-32"
+    pretrained: Optional[str] = "openai"  # tag, local weights file, local-dir:/path, or null
+    config_file: Optional[str] = None  # extra open_clip model-config JSON (custom architecture)
+    precision: str = "fp32"  # weights of the frozen CLIP: fp32 | fp16 | bf16
+    cache_dir: Optional[str] = None
+    trim_context: bool = True
+    pretrain: Optional[str] = None  # "world": pretrain the offline world's small CLIP if missing
+
+
+@dataclass
+class LossConfig:
+    contrastive: bool = True  # symmetric InfoNCE over the batch (L_con)
+    category_weight: float = 1.0  # lambda of L_cate; 0 switches the negatives off
+    alpha: float = 0.5  # negatives of the image's category weigh 1 + alpha
+    category_level: str = "fine"  # fine (class) | meta (meta-category)
+    reweighting: bool = True  # dynamic token re-weighting of the positive captions
+    reweighting_strength: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.002
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    warmup_lr: float = 1e-5  # constant lr during warm-up (CoOp), then cosine from `lr`
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 5
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    gradient_clip_val: Optional[float] = None
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    fast_dev_run: bool = False
+    enable_progress_bar: bool = True
+    early_stopping_patience: Optional[int] = None  # epochs without val improvement; null: off
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"  # csv | wandb | none
+    project: str = "dualprompt"
+    entity: Optional[str] = None
+    offline: bool = False  # wandb: write a local run folder, `wandb sync` later
+    tags: list[str] = field(default_factory=list)
+    log_prompts: bool = True  # wandb: upload the best prompt file as an artifact
+
+
+@dataclass
+class DataLoaderConfig:
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    data: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    seed: int = 0
+    ckpt_path: Optional[str] = None  # "last" resumes from the run folder's last checkpoint
+    monitor: str = "val/AVG/rsum"  # model selection and early stopping, never on test
+    eval_zero_shot: bool = True  # also test the frozen CLIP, for a before/after table
+    test: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: Optional[str] = None  # a prompt file; null: zero-shot CLIP
+    split: str = "test"  # test | val
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    output: Optional[str] = None  # results JSON path; default: the run folder
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (called by the CLIs, not on import).
+
+    The primary configs list them first in their defaults; every group (dataset=, model=,
+    ...) is then typed by its field in `TrainConfig` / `EvaluateConfig`."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)

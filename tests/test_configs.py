@@ -1,0 +1,90 @@
+"""Every shipped config composes against the structured schemas; typos fail at compose time."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+import dualprompt
+from dualprompt.training.schema import EvaluateConfig, TrainConfig, register_configs
+
+CONF = Path(dualprompt.__file__).parent / "conf"
+DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml") if not p.stem.endswith("_base"))
+FDRD_DOMAINS = ["caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
+                "fgvc_aircraft", "sun397", "dtd", "ucf101"]
+
+
+def _compose(config_name: str, overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def test_the_benchmark_configs_exist():
+    assert {"fdrd", "fdrd_cross", "flickr30k", "coco", *FDRD_DOMAINS} <= set(DATASETS)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_dataset_config_composes_into_the_schema(dataset):
+    cfg = OmegaConf.to_object(_compose("train", [f"dataset={dataset}"]))
+    assert isinstance(cfg, TrainConfig)
+    ds = cfg.dataset
+    assert ds.name == dataset and ds.test_domains
+    assert set(ds.train_domains + ds.test_domains) <= set(ds.domains)
+
+
+def test_fdrd_in_domain_and_cross_domain_splits():
+    fdrd = OmegaConf.to_object(_compose("train", ["dataset=fdrd"])).dataset
+    assert fdrd.train_domains == fdrd.test_domains == FDRD_DOMAINS
+    cross = OmegaConf.to_object(_compose("train", ["dataset=fdrd_cross"])).dataset
+    assert set(cross.train_domains).isdisjoint(cross.test_domains)
+    assert set(cross.train_domains) | set(cross.test_domains) == set(FDRD_DOMAINS)
+
+
+@pytest.mark.parametrize("group", ["prompt", "loss", "optim", "trainer", "logger", "model"])
+def test_every_group_option_composes(group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        OmegaConf.to_object(_compose("train", [f"{group}={option}"]))
+
+
+def test_evaluate_config_composes():
+    assert isinstance(OmegaConf.to_object(_compose("evaluate", ["dataset=coco"])), EvaluateConfig)
+
+
+@pytest.mark.parametrize("override", ["dataset.rooot=/x", "prompt.n_ctx=4", "loss.lamda=2",
+                                      "optim.lr=fast", "trainer.max_epoch=3"])
+def test_misspelled_keys_and_wrong_types_fail_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException):
+        _compose("train", [override])
+
+
+def test_invalid_prompt_values_fail_before_training():
+    cfg = _compose("train", ["prompt.attribute_length=-1"])
+    with pytest.raises(ValueError, match="PromptConfig.attribute_length"):
+        OmegaConf.to_object(cfg)
+
+
+def test_cli_prints_the_composed_config_from_any_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dualprompt.train", "dataset=fdrd", "--cfg",
+                           "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job = OmegaConf.create(proc.stdout)
+    assert job.dataset.name == "fdrd" and job.dataset.domains.oxford_pets.test
+    assert not list(tmp_path.iterdir())  # --cfg job writes nothing
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(root)], check=True, capture_output=True,
+                   timeout=300)
+    wheel, = tmp_path.glob("dualprompt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"dualprompt/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
+    assert "dualprompt/conf/train.yaml" in shipped and shipped <= names
