@@ -4,7 +4,7 @@ The core imports only torch, open_clip and safetensors; the training stack (Ligh
 wandb) lives in `dualprompt.train` and `dualprompt.training`.
 """
 from .config import PromptConfig, SubcategoryQuery
-from .losses import category_loss, category_weights, contrastive_loss
+from .losses import category_loss, category_weights, contrastive_loss, gathered_contrastive_loss
 from .model import DualPromptCLIP
 from .prompt_file import PromptFileError, base_fingerprint, load_prompts
 from .reweighting import token_weights
@@ -20,6 +20,7 @@ __all__ = [
     "category_loss",
     "category_weights",
     "contrastive_loss",
+    "gathered_contrastive_loss",
     "load_prompts",
     "token_weights",
 ]

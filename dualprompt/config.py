@@ -28,8 +28,8 @@ class PromptConfig:
     # Attribute-level text vectors, shared by every caption.
     attribute_length: int = 4
     # Words whose token embeddings initialise the attribute vectors (CoOp); None: N(0, 0.02).
-    # Needs as many tokens as `attribute_length` or fewer (the rest start random); ignored
-    # when attribute_length is 0.
+    # Fewer tokens than `attribute_length`: the rest start random; more: the first ones are
+    # used. Ignored when attribute_length is 0.
     attribute_init: Optional[str] = "a photo of a"
     # Subcategory-sensitive text vectors: a pool of `subcategory_pool_size` prompt sets with
     # learnable keys, mixed per caption by key-query similarity (see `SubcategoryQuery`).

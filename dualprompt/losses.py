@@ -36,6 +36,24 @@ def contrastive_loss(image_features: Tensor, text_features: Tensor,
     return (i2t + t2i) / 2
 
 
+def gathered_contrastive_loss(image_features: Tensor, text_features: Tensor,
+                              all_image_features: Tensor, all_text_features: Tensor,
+                              logit_scale: Union[Tensor, float], offset: int) -> Tensor:
+    """This rank's share of the symmetric InfoNCE over a batch gathered from all ranks.
+
+    image_features, text_features: (B, D) this rank's pairs (caption i describes image i);
+    all_*: (W*B, D) the same features gathered from every rank in rank order (with gradients,
+    e.g. Lightning's `all_gather(sync_grads=True)`); offset: this rank's first row, rank * B.
+    Rows are this rank's queries against the global gallery (open_clip's `local_loss`), so
+    the DDP-averaged gradient equals the gradient of the loss over the global batch; with one
+    rank it equals `contrastive_loss`.
+    """
+    labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
+    i2t = logit_scale * image_features.float() @ all_text_features.float().t()  # (B, W*B)
+    t2i = logit_scale * text_features.float() @ all_image_features.float().t()  # (B, W*B)
+    return (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels)) / 2
+
+
 def category_loss(image_features: Tensor, positive_features: Tensor, negative_features: Tensor,
                   logit_scale: Union[Tensor, float],
                   negative_weights: Optional[Tensor] = None,

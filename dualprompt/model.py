@@ -181,13 +181,17 @@ class DualPromptCLIP(nn.Module):
 
 
 def _word_embeddings(clip: CLIP, words: str, length: int, tokenizer: Tokenizer) -> Tensor:
-    """Token embeddings of `words` without start/end tokens: (n, W), n <= length."""
+    """Token embeddings of `words` without start/end tokens: (n, W), n <= length.
+
+    Words longer than `length` tokens are cut to their first `length` tokens (as MaPLe does
+    with "a photo of a" for 2 vectors), so sweeping the length keeps working."""
     ids = tokenizer([words])[0]
     eot = int(ids.argmax())
     ids = ids[1:eot]
     if len(ids) > length:
-        raise ValueError(f"PromptConfig.attribute_init {words!r} is {len(ids)} tokens, more than "
-                         f"attribute_length={length}")
+        log.info("attribute_init %r is %d tokens: its first %d initialise the %d vectors",
+                 words, len(ids), length, length)
+        ids = ids[:length]
     if int(ids.max()) >= clip.token_embedding.num_embeddings:
         raise ValueError(f"PromptConfig.attribute_init {words!r}: the tokenizer's ids exceed the "
                          f"model's vocabulary ({clip.token_embedding.num_embeddings}); pass the "

@@ -8,7 +8,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from ..losses import category_loss, category_weights, contrastive_loss
+from ..losses import (category_loss, category_weights, contrastive_loss,
+                      gathered_contrastive_loss)
 from ..metrics import summarize_domains
 from ..reweighting import token_weights
 from .retrieval_metric import RetrievalRecall
@@ -53,7 +54,7 @@ class PromptRetrievalModule(L.LightningModule):
         scale = model.logit_scale.exp().float()
         total = torch.zeros((), device=images.device)
         if cfg.contrastive:
-            loss_con = contrastive_loss(image_features, text_features, scale)
+            loss_con = self._contrastive(image_features, text_features, scale)
             self.log("train/loss_con", loss_con)
             total = total + loss_con
         if cfg.category_weight > 0 and bool(batch["negative_mask"].any()):
@@ -65,6 +66,19 @@ class PromptRetrievalModule(L.LightningModule):
                                "negatives / loss.category_weight=0)")
         self.log("train/loss", total, prog_bar=True)
         return total
+
+    def _contrastive(self, image_features: Tensor, text_features: Tensor,
+                     scale: Tensor) -> Tensor:
+        """In-batch InfoNCE; under DDP over the global batch (features gathered with grads).
+        Category-aware negatives stay local: they only compare an image with its own."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return contrastive_loss(image_features, text_features, scale)
+        all_images = self.all_gather(image_features, sync_grads=True).flatten(0, 1)
+        all_texts = self.all_gather(text_features, sync_grads=True).flatten(0, 1)
+        offset = self.trainer.global_rank * image_features.shape[0]
+        return gathered_contrastive_loss(image_features, text_features, all_images, all_texts,
+                                         scale, offset)
 
     def _category_loss(self, batch: dict[str, Tensor], image_features: Tensor,
                        text_features: Tensor, scale: Tensor) -> Tensor:
