@@ -34,8 +34,11 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, *, monitor: Optional[str],
     ckpt_dir = run_dir / "checkpoints"
     # Lightning 2.6 writes `save_last` only when a top-k checkpoint was written in the same
     # step, so "last" is its own callback: the latest epoch, always, under one name.
+    # save_on_exception: SIGTERM (preemption), a non-finite loss or Ctrl-C leave a last.ckpt
+    # of the state before the failing step.
     callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None,
-                                     save_top_k=1, enable_version_counter=False))
+                                     save_top_k=1, enable_version_counter=False,
+                                     save_on_exception=True))
     if monitor:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor,
                                          mode="max", save_top_k=1, enable_version_counter=False))
@@ -53,12 +56,13 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, *, monitor: Optional[str],
         num_sanity_val_steps=0)
 
 
-def eval_trainer(cfg: TrainerConfig, run_dir: Path) -> L.Trainer:
+def eval_trainer(cfg: TrainerConfig, run_dir: Path,
+                 callbacks: Optional[list[Callback]] = None) -> L.Trainer:
     """A Trainer for evaluation only: no logger, no checkpoints."""
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
                      strategy=cfg.strategy, precision=cfg.precision, logger=False,
                      enable_checkpointing=False, enable_progress_bar=cfg.enable_progress_bar,
-                     default_root_dir=str(run_dir))
+                     default_root_dir=str(run_dir), callbacks=callbacks)
 
 
 def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:

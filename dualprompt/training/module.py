@@ -64,8 +64,21 @@ class PromptRetrievalModule(L.LightningModule):
         if not total.requires_grad:
             raise RuntimeError("no loss term is switched on (loss.contrastive=false and no "
                                "negatives / loss.category_weight=0)")
+        if not torch.isfinite(total.detach()):
+            raise FloatingPointError(self._non_finite_message(total))
         self.log("train/loss", total, prog_bar=True)
         return total
+
+    def _non_finite_message(self, total: Tensor) -> str:
+        paths = ([p for cb in self.trainer.checkpoint_callbacks
+                  for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))]
+                 if self._trainer is not None else [])
+        last = [p for p in paths if p and p.endswith("last.ckpt")] or [p for p in paths if p]
+        where = (f"epoch {self.current_epoch}, step {self.global_step}"
+                 if self._trainer is not None else "this step")
+        return (f"training loss is {total.item()} at {where}; stopped before the optimizer "
+                f"step. Last good checkpoint: {last[0] if last else 'none yet'}. Try a lower "
+                "optim.lr or trainer.precision=32-true.")
 
     def _contrastive(self, image_features: Tensor, text_features: Tensor,
                      scale: Tensor) -> Tensor:

@@ -140,11 +140,28 @@ class EvaluateConfig:
     output: Optional[str] = None  # results JSON path; default: the run folder
 
 
+@dataclass
+class EmbedConfig:
+    input: str = MISSING  # a folder of images, a caption JSON (FDRD / Karpathy) or a .txt file
+    format: str = "auto"  # auto | images | fdrd | karpathy | text
+    image_root: Optional[str] = None  # caption JSONs: image folder; default the JSON's folder
+    split: Optional[str] = None  # Karpathy: train | val | test | restval; null: all of them
+    skip_missing_images: bool = False  # caption JSONs: leave out images not found (counted)
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])  # what to embed
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: Optional[str] = None  # a prompt file; null: zero-shot CLIP
+    faiss: bool = False  # also write image.faiss / text.faiss (IndexFlatIP), needs faiss-cpu
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataLoaderConfig = field(default_factory=DataLoaderConfig)  # eval_batch_size is used
+    output: Optional[str] = None  # output folder; default: the run folder
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (called by the CLIs, not on import).
 
     The primary configs list them first in their defaults; every group (dataset=, model=,
-    ...) is then typed by its field in `TrainConfig` / `EvaluateConfig`."""
+    ...) is then typed by its field in `TrainConfig` / `EvaluateConfig` / `EmbedConfig`."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="embed_schema", node=EmbedConfig)
