@@ -76,6 +76,9 @@ def save_prompts(model: nn.Module, path: Union[str, Path]) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; prompt files travel between teams
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

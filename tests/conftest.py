@@ -8,6 +8,8 @@ import open_clip
 import pytest
 import torch
 
+from dualprompt import DualPromptCLIP, PromptConfig
+
 TINY_NAME = "dualprompt-test-tiny"
 TINY_CFG = {
     "embed_dim": 32,
@@ -29,6 +31,22 @@ def make_tiny_clip(seed: int = 0):
     torch.manual_seed(seed)
     model = open_clip.create_model(TINY_NAME, pretrained=None)
     return model.eval()
+
+
+# every prompt kind, with deep text prompts: what the CLI tests load from a prompt file
+PROMPTS = PromptConfig(attribute_length=2, subcategory_length=2, visual_length=2, text_depth=2,
+                       attribute_init=None)
+
+
+def write_prompt_file(path: Path, seed: int = 3) -> Path:
+    """A prompt file for make_tiny_clip(seed) with random (not near-zero) learned tensors."""
+    model = DualPromptCLIP(make_tiny_clip(seed=seed), PROMPTS)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    return model.save_prompts(path)
 
 
 @pytest.fixture

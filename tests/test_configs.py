@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import dualprompt
-from dualprompt.training.schema import EvaluateConfig, TrainConfig, register_configs
+from dualprompt.training.schema import EmbedConfig, EvaluateConfig, TrainConfig, register_configs
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml") if not p.stem.endswith("_base"))
@@ -55,6 +55,13 @@ def test_every_group_option_composes(group):
 
 def test_evaluate_config_composes():
     assert isinstance(OmegaConf.to_object(_compose("evaluate", ["dataset=coco"])), EvaluateConfig)
+
+
+def test_embed_config_composes_and_rejects_typos():
+    cfg = OmegaConf.to_object(_compose("embed", ["input=images/", "model=vit_b_32", "faiss=true"]))
+    assert isinstance(cfg, EmbedConfig) and cfg.faiss and cfg.modalities == ["image", "text"]
+    with pytest.raises(ConfigCompositionException):
+        _compose("embed", ["input=x", "fais=true"])
 
 
 @pytest.mark.parametrize("override", ["dataset.rooot=/x", "prompt.n_ctx=4", "loss.lamda=2",

@@ -26,8 +26,12 @@ def _image(colour: str, pattern: str, seed: int) -> Image.Image:
     return Image.fromarray(a)
 
 
-def write_toy_fdrd(root: Path, domains=("toy_a", "toy_b"), per_class: dict | None = None) -> Path:
-    """root/<domain>/{images/*.png, train.json, test.json}; 4 classes, FDRD schema A-like."""
+def write_toy_fdrd(root: Path, domains=("toy_a", "toy_b"), per_class: dict | None = None,
+                   unique_captions: bool = False) -> Path:
+    """root/<domain>/{images/*.png, train.json, test.json}; 4 classes, FDRD schema A-like.
+
+    unique_captions: number each image's description, so that no two captions (and, on a
+    random model, no two scores) are equal: retrieval ranks then have no ties."""
     per_class = per_class or {"train": 6, "test": 3}
     for d, domain in enumerate(domains):
         (root / domain / "images").mkdir(parents=True, exist_ok=True)
@@ -38,7 +42,8 @@ def write_toy_fdrd(root: Path, domains=("toy_a", "toy_b"), per_class: dict | Non
                     name = f"{cls}_{split}_{i:03d}"
                     _image(colour, pattern, seed=hash((d, split, c, i)) % 2**32).save(
                         root / domain / "images" / f"{name}.png")
-                    desc = f"A {colour} square with {pattern} on a grey background."
+                    number = f", picture {i} of {split}" if unique_captions else ""
+                    desc = f"A {colour} square with {pattern} on a grey background{number}."
                     others = [o for o in CLASSES if o != cls]
                     records[name] = {
                         "file_name": f"{name}.png", "class_name": cls,
@@ -48,6 +53,23 @@ def write_toy_fdrd(root: Path, domains=("toy_a", "toy_b"), per_class: dict | Non
                             f"This is a photo of {cls}.{desc}"],  # a shipped defect
                     }
             (root / domain / f"{split}.json").write_text(json.dumps(records))
+    return root
+
+
+def write_toy_karpathy(root: Path, per_class: int = 2, captions_per_image: int = 3) -> Path:
+    """root/{images/*.png, captions.json}: a Karpathy-format test split, several distinct
+    captions per image (no two equal)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images = []
+    for c, (cls, (colour, pattern)) in enumerate(CLASSES.items()):
+        for i in range(per_class):
+            name = f"{cls}_{i:03d}.png"
+            _image(colour, pattern, seed=1000 + 10 * c + i).save(root / "images" / name)
+            sentences = [{"raw": f"{variant} {colour} square with {pattern}, {cls} number {i}."}
+                         for variant in ("A", "One", "Some", "The", "This")[:captions_per_image]]
+            images.append({"filename": name, "filepath": "images", "split": "test",
+                           "imgid": len(images), "sentences": sentences})
+    (root / "captions.json").write_text(json.dumps({"images": images, "dataset": "toy"}))
     return root
 
 

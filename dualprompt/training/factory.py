@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from .schema import LoggerConfig, TrainerConfig
@@ -42,6 +42,8 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, *, monitor: Optional[str],
     if monitor:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor,
                                          mode="max", save_top_k=1, enable_version_counter=False))
+    if cfg.enable_progress_bar:  # tqdm, even where `rich` is installed (Lightning would switch)
+        callbacks.append(TQDMProgressBar())
     if cfg.early_stopping_patience is not None and monitor:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max",
                                        patience=cfg.early_stopping_patience))
