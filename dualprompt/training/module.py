@@ -156,8 +156,10 @@ class PromptRetrievalModule(L.LightningModule):
         results = summarize_domains(per_domain) if per_domain else {}
         for domain, values in results.items():
             for key, value in values.items():
+                # values are already global (the metric gathers every rank's embeddings);
+                # sync_dist only averages identical numbers and keeps Lightning quiet
                 self.log(f"{stage}/{domain}/{key}", value, add_dataloader_idx=False,
-                         prog_bar=domain == "AVG" and key == "rsum")
+                         prog_bar=domain == "AVG" and key == "rsum", sync_dist=True)
         return results
 
     def on_validation_epoch_end(self) -> None:
