@@ -29,3 +29,36 @@ def test_ddp_two_processes_write_one_run_folder(toy, tiny_config_file):  # noqa:
     assert set(results["test"]) == {"toy_a", "toy_b", "AVG"}
     assert (run / "prompts.safetensors").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert "sync_dist" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_recipe(toy, tiny_config_file):  # noqa: F811
+    """The README's torchrun recipe, on CPU: torchrun starts the ranks, Lightning joins them."""
+    run_dir = toy["tmp"] / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "dualprompt.train", f"hydra.searchpath=[file://{toy['conf']}]", "dataset=toy",
+           "model=tiny", f"model.pretrained={toy['weights']}", "trainer=ddp",
+           "trainer.devices=2", "trainer.accelerator=cpu", "trainer.precision=32-true",
+           "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "data.batch_size=4",
+           "data.num_workers=0", "eval_zero_shot=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=toy["tmp"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["test"]["AVG"]["rsum"] >= 0
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer=gpu"],
+    ["trainer=ddp", "trainer.devices=4"],
+    ["trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4", "hydra.run.dir=outputs/fdrd/123"],
+])
+def test_gpu_recipes_compose(tmp_path, overrides):
+    """The README's GPU and SLURM recipes (no GPU here): their configs compose (--cfg job)."""
+    from omegaconf import OmegaConf
+    cmd = [sys.executable, "-m", "dualprompt.train", "dataset=fdrd", "dataset.root=/data/fdrd",
+           "model=vit_b_32", *overrides, "--cfg", "job"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job = OmegaConf.create(proc.stdout)
+    assert job.trainer.accelerator == "gpu" and job.trainer.precision == "bf16-mixed"
+    if "trainer.num_nodes=2" in overrides:
+        assert job.trainer.num_nodes == 2 and job.trainer.strategy == "ddp"
