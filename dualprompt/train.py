@@ -52,7 +52,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     logger = build_logger(cfg.logger, run_dir, config)
     trainer = build_trainer(cfg.trainer, run_dir, monitor=cfg.monitor, logger=logger,
                             callbacks=[ExportBestPrompts(prompt_file, cfg.monitor)])
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    # weights_only: a checkpoint from elsewhere cannot run code when it is loaded
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir),
+                weights_only=True)
 
     results = {"run_dir": str(run_dir), "prompt_file": str(prompt_file),
                "trainable_parameters": model.num_trainable_parameters(),
