@@ -59,13 +59,20 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     results = {"run_dir": str(run_dir), "prompt_file": str(prompt_file),
                "trainable_parameters": model.num_trainable_parameters(),
                "epochs_trained": trainer.current_epoch, "data": data.summary()}
+    model.load_state_dict(load_file(str(prompt_file)), strict=False)  # the best prompts
+    tester = eval_trainer(cfg.trainer, run_dir)
+    zero_shot = PromptRetrievalModule(clip.model, val_domains=data.val_domains(),
+                                      test_domains=data.test_domains())
+    if data.val_domains():
+        tester.validate(module, datamodule=data, verbose=False)
+        results["val"] = module.val_results
+        if cfg.eval_zero_shot:
+            tester.validate(zero_shot, datamodule=data, verbose=False)
+            results["zero_shot_val"] = zero_shot.val_results
     if cfg.test and data.test_domains():
-        model.load_state_dict(load_file(str(prompt_file)), strict=False)  # the best prompts
-        tester = eval_trainer(cfg.trainer, run_dir)
         tester.test(module, datamodule=data, verbose=False)
         results["test"] = module.test_results
         if cfg.eval_zero_shot:
-            zero_shot = PromptRetrievalModule(clip.model, test_domains=data.test_domains())
             tester.test(zero_shot, datamodule=data, verbose=False)
             results["zero_shot"] = zero_shot.test_results
     results.update(elapsed_s=round(time.time() - start, 1), config=config, versions=versions(),

@@ -23,10 +23,23 @@ def prepare_offline_assets(dataset: Optional[DatasetConfig], model: ModelConfig)
         raise ValueError(f"model.pretrain must be null or world, got {model.pretrain!r}")
     if dataset is not None and dataset.generate == "world":
         from ..world import WorldConfig, build_world
-        build_world(Path(dataset.root).expanduser(), WorldConfig(**dataset.generate_args))
+        build_world(Path(dataset.root).expanduser(), WorldConfig(**_args(dataset.generate_args)))
     if model.pretrain == "world":
         if not model.name.startswith(LOCAL_DIR):
             raise ValueError("model.pretrain=world needs model.name=local-dir:<folder> "
                              f"(where the pretrained CLIP is cached), got {model.name!r}")
-        from ..world import ensure_pretrained_clip
-        ensure_pretrained_clip(Path(model.name[len(LOCAL_DIR):]).expanduser())
+        from ..world import PretrainConfig, ensure_pretrained_clip
+        ensure_pretrained_clip(Path(model.name[len(LOCAL_DIR):]).expanduser(),
+                               PretrainConfig(**_args(model.pretrain_args)))
+
+
+def _args(value) -> dict:
+    """A config's {field: value} block (None when unset) as plain keyword arguments."""
+    if value is None:
+        return {}
+    from omegaconf import DictConfig, OmegaConf
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of field: value, got {value!r}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}

@@ -40,7 +40,7 @@ class DatasetConfig:
     skip_bad_images: bool = False  # count, log and skip missing/unreadable images
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     generate: Optional[str] = None  # "world": build the offline procedural world if missing
-    generate_args: dict[str, Any] = field(default_factory=dict)
+    generate_args: Any = None  # {field: value} of dualprompt.world.WorldConfig
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ModelConfig:
     cache_dir: Optional[str] = None
     trim_context: bool = True
     pretrain: Optional[str] = None  # "world": pretrain the offline world's small CLIP if missing
+    pretrain_args: Any = None  # {field: value} of dualprompt.world.PretrainConfig
 
 
 @dataclass

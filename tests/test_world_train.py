@@ -1,0 +1,41 @@
+"""The offline default end to end: a reduced world and a reduced pretraining, built by the
+main command itself, then prompt training that beats the frozen CLIP on validation."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_main_command_builds_world_pretrains_and_prompts_beat_zero_shot(tmp_path):
+    env = {**os.environ, "DUALPROMPT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "dualprompt.train",
+           "dataset.generate_args={domains:[critters],train_per_domain:384,val_per_domain:64,"
+           "test_per_domain:64}",
+           "model.pretrain_args={steps:60,batch_size:64,probe_images:0,eval_pairs:64}",
+           "optim=adamw", "optim.lr=0.01", "trainer.max_epochs=4", "data.batch_size=32",
+           "data.num_workers=0", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cache = tmp_path / "cache"
+    assert (cache / "world_clip" / "open_clip_model.safetensors").is_file()
+    assert (cache / "world" / "critters" / "train.json").is_file()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    prompted, zero = results["val"]["AVG"], results["zero_shot_val"]["AVG"]
+    assert prompted["rsum"] > zero["rsum"], (prompted, zero)
+    log = proc.stdout + proc.stderr
+    assert "| critters | zero-shot |" in log and "| critters | prompted |" in log  # the table
+    assert "building domain" in log and "pretraining the world CLIP" in log
+
+    # a second run reuses the cached world and CLIP (no rebuild, no pretraining)
+    proc = subprocess.run(cmd[:-1] + ["trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run2'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pretraining the world CLIP" not in proc.stdout + proc.stderr
+    assert "building domain" not in proc.stdout + proc.stderr
