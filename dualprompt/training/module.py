@@ -58,7 +58,12 @@ class PromptRetrievalModule(L.LightningModule):
             self.log("train/loss_con", loss_con)
             total = total + loss_con
         if cfg.category_weight > 0 and bool(batch["negative_mask"].any()):
-            loss_cate = self._category_loss(batch, image_features, text_features, scale)
+            # with re-weighting on, the positive of L_cate is re-encoded unweighted (with the
+            # negatives, in one pass): weighted positives against unweighted negatives would
+            # let the prompts separate them by the weighting instead of by the content
+            positive = None if weights is None else batch["tokens"]
+            loss_cate = self._category_loss(batch, image_features, text_features, scale,
+                                            positive_tokens=positive)
             self.log("train/loss_cate", loss_cate)
             total = total + cfg.category_weight * loss_cate
         if not total.requires_grad:
@@ -94,10 +99,16 @@ class PromptRetrievalModule(L.LightningModule):
                                          scale, offset)
 
     def _category_loss(self, batch: dict[str, Tensor], image_features: Tensor,
-                       text_features: Tensor, scale: Tensor) -> Tensor:
+                       text_features: Tensor, scale: Tensor,
+                       positive_tokens: Optional[Tensor] = None) -> Tensor:
         mask = batch["negative_mask"]  # (B, K)
         b, k, _ = batch["negative_tokens"].shape
-        encoded = self.model.encode_text(batch["negative_tokens"][mask], normalize=True)
+        tokens = batch["negative_tokens"][mask]
+        if positive_tokens is not None:
+            tokens = torch.cat([positive_tokens, tokens])
+        encoded = self.model.encode_text(tokens, normalize=True)
+        if positive_tokens is not None:
+            text_features, encoded = encoded[:b], encoded[b:]
         negatives = encoded.new_zeros(b, k, encoded.shape[-1])
         negatives[mask] = encoded  # (B, K, D); padding rows are masked out of the loss
         weights = category_weights(batch["negative_categories"], batch["category"],
@@ -169,7 +180,7 @@ class PromptRetrievalModule(L.LightningModule):
             return
         self.val_results = self._finish("val", self.val_domains, self.val_metrics)
         avg = self.val_results.get("AVG", {})
-        if avg:
+        if avg and self.trainer.state.fn == "fit":  # one line per training epoch
             log.info("epoch %d: val i2t R@1 %.2f  t2i R@1 %.2f  rsum %.2f", self.current_epoch,
                      avg["i2t_R@1"], avg["t2i_R@1"], avg["rsum"])
 
