@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualprompt.world import corpus, pretrain
+from dualprompt.world import pretrain
 from dualprompt.world.captions import fill, positive_caption
 from dualprompt.world.corpus import PretrainStream, WorldConfig, build_world, make_domains, pretrain_token_ids
 from dualprompt.world.pretrain import PretrainConfig, TinyClipConfig, ensure_pretrained_clip

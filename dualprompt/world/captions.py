@@ -51,7 +51,8 @@ DOWNSTREAM_TEMPLATES: tuple[tuple[str, ...], ...] = (
     ),
     (
         "A [shade:{shade}] [color:{color}] {noun}[pattern: showing {pattern_noun}] opens[position: {position}]"
-        "[size:; it is {size}][background:; the scene behind is {background}]. [shape:Each petal group makes a {shape}.]",
+        "[size:; it is {size}][background:; the scene behind is {background}]. "
+        "[shape:Each petal group makes a {shape}.]",
         "Here a [size:{size}] {noun}[shape: in the form of a {shape}][color: glows [shade:{shade}] {color}]"
         "[pattern: with {pattern_noun}][background:, growing among {background}][position: {position}].",
     ),

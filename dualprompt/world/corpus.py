@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,7 +184,8 @@ def build_domain(domain: Domain, index: int, root: Path, config: WorldConfig) ->
                 "class_name": fine.name,
                 "file_path": f"images/{file_name}",
                 "positive": positive_caption(fine.name, description),
-                "negative": [positive_caption(n, description) for n in _negatives(fine, domain, config.num_negatives, rng)],
+                "negative": [positive_caption(name, description)
+                             for name in _negatives(fine, domain, config.num_negatives, rng)],
             }
             attributes[key] = {"split": split, "class_name": fine.name, "meta": fine.meta, **obj.as_dict()}
         (out / f"{split}.json").write_text(json.dumps(records, indent=1))
@@ -200,7 +201,8 @@ def build_world(root: str | Path, config: WorldConfig | None = None, force: bool
     """Write the downstream domains under `root`; a no-op when the manifest already matches.
 
     Returns the root. Layout: `<root>/<domain>/{images/, train.json, val.json, test.json,
-    classes.json, attributes.json}` and `<root>/world_manifest.json`.
+    classes.json, attributes.json}` and `<root>/world_manifest.json`. A rebuild deletes and
+    rewrites each `<root>/<domain>` folder it owns.
     """
     config = config or WorldConfig()
     root = Path(root)

@@ -191,7 +191,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of matched pairs: (B, D), (B, D) -> scalar."""
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
@@ -262,7 +264,8 @@ def _train(model: torch.nn.Module, tokenizer, config: PretrainConfig) -> tuple[l
                      config.steps, np.mean(losses[-config.log_every:]), chance_loss, model.logit_scale.exp().item(),
                      (time.perf_counter() - start) / (step + 1), tuner.best)
         if step + 1 == min(150, config.steps) and np.mean(losses[-25:]) > 0.95 * chance_loss:
-            log.warning("loss still near ln(batch) = %.2f after %d steps: pretraining is stalling", chance_loss, step + 1)
+            log.warning("loss still near ln(batch) = %.2f after %d steps: pretraining is stalling",
+                        chance_loss, step + 1)
     model.eval()
     return losses, time.perf_counter() - start, tuner.best
 
@@ -292,7 +295,8 @@ def pretrain_clip(out_dir: str | Path, config: PretrainConfig | None = None) -> 
             "torch_threads_last": threads, "chance_loss": math.log(config.batch_size),
             "loss_first_25": float(np.mean(losses[:25])), "loss_last_50": float(np.mean(losses[-50:])),
             "loss_curve_per_50_steps": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)],
-            "heldout": heldout_recall(model, tokenizer, config.seed + 10_000, config.eval_pairs, config.model.image_size),
+            "heldout": heldout_recall(model, tokenizer, config.seed + 10_000, config.eval_pairs,
+                                      config.model.image_size),
         }
         if config.probe_images > 0:
             metrics["probes"] = probe_pretrain_attributes(model, config.seed + 20_000, config.probe_images,

@@ -142,8 +142,7 @@ def diagnose(model_dir: str | Path, world_root: str | Path, split: str = "val") 
     report = {}
     for domain_dir in sorted(p for p in Path(world_root).iterdir() if (p / "classes.json").is_file()):
         report[domain_dir.name] = diagnose_domain(model, tokenizer, domain_dir, split)
-        zs = report[domain_dir.name]["zero_shot"]
+        zero_shot, fine = report[domain_dir.name]["zero_shot"], report[domain_dir.name]["probes"]["class_name"]
         log.info("%s: zero-shot R@1 i2t %.3f t2i %.3f; fine-class probe %.3f (chance %.3f)", domain_dir.name,
-                 zs["image_to_text_r1"], zs["text_to_image_r1"], report[domain_dir.name]["probes"]["class_name"]["accuracy"],
-                 report[domain_dir.name]["probes"]["class_name"]["chance"])
+                 zero_shot["image_to_text_r1"], zero_shot["text_to_image_r1"], fine["accuracy"], fine["chance"])
     return report

@@ -1,8 +1,9 @@
 """What the procedural world contains: attribute vocabularies, object specs and domains.
 
 The world is a set of flat, brightly coloured shapes ("objects") with a surface pattern,
-drawn on a background. Every attribute is a word that the pretraining captions use
-(`color`, `shade`, `shape`, `pattern`, `size`, `position`, `background`).
+drawn on a background. Every attribute value is a caption word (`color`, `shade`, `shape`,
+`pattern`, `size`, `background`); `position` is rendered but, by default, never mentioned (a
+tiny ViT does not learn it in a few hundred steps; see corpus.py).
 
 Downstream domains imitate fine-grained datasets (pets, aircraft, flowers...): a domain holds
 meta-categories (families), each family one body shape; its fine classes (the "breeds") share
