@@ -27,7 +27,8 @@ from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 
 CONF = Path(dualprompt.__file__).parent / "conf"
-SETTINGS = {"in-domain": "dataset=world_all", "cross-domain": "dataset=world_cross"}
+SETTINGS = {"in-domain": "dataset=world_all", "cross-domain": "dataset=world_cross",
+            "in-domain (critters)": "dataset=world"}
 VARIANTS = {  # name -> overrides; "zero-shot" is read from every run's zero_shot results
     "text prompts": ["prompt=text", "loss=contrastive"],
     "visual prompts": ["prompt=visual", "loss=contrastive"],
@@ -41,7 +42,8 @@ log = logging.getLogger("benchmarks.quality")
 
 def run(setting: str, variant: str, seed: int, out: Path, extra: list[str],
         zero_shot: bool) -> dict:
-    overrides = [SETTINGS[setting], *VARIANTS[variant], f"seed={seed}", "logger=none",
+    overrides = ["experiment=world", SETTINGS[setting], *VARIANTS[variant], f"seed={seed}",
+                 "logger=none",
                  "trainer.enable_progress_bar=false", f"eval_zero_shot={zero_shot}", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = OmegaConf.to_object(compose(config_name="train", overrides=overrides))
@@ -123,7 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["in-domain", "cross-domain"],
+                        choices=list(SETTINGS))
     parser.add_argument("--quick", action="store_true", help="1 epoch per run (smoke test)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
