@@ -1,13 +1,25 @@
 """Losses as pure functions of features. Features are L2-normalised; maths runs in fp32."""
 from __future__ import annotations
 
-from typing import Optional, Union
+import functools
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
+def _autocast_off(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run `loss` with autocast off: under bf16-mixed / 16-mixed, autocast would run its
+    matmuls in low precision whatever the `.float()` casts say."""
+    @functools.wraps(loss)
+    def wrapper(image_features: Tensor, *args, **kwargs) -> Tensor:
+        with torch.autocast(image_features.device.type, enabled=False):
+            return loss(image_features, *args, **kwargs)
+    return wrapper
+
+
+@_autocast_off
 def contrastive_loss(image_features: Tensor, text_features: Tensor,
                      logit_scale: Union[Tensor, float],
                      text_to_image: Optional[Tensor] = None) -> Tensor:
@@ -36,6 +48,7 @@ def contrastive_loss(image_features: Tensor, text_features: Tensor,
     return (i2t + t2i) / 2
 
 
+@_autocast_off
 def gathered_contrastive_loss(image_features: Tensor, text_features: Tensor,
                               all_image_features: Tensor, all_text_features: Tensor,
                               logit_scale: Union[Tensor, float], offset: int) -> Tensor:
@@ -54,6 +67,7 @@ def gathered_contrastive_loss(image_features: Tensor, text_features: Tensor,
     return (F.cross_entropy(i2t, labels) + F.cross_entropy(t2i, labels)) / 2
 
 
+@_autocast_off
 def category_loss(image_features: Tensor, positive_features: Tensor, negative_features: Tensor,
                   logit_scale: Union[Tensor, float],
                   negative_weights: Optional[Tensor] = None,

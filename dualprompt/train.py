@@ -1,6 +1,11 @@
 """`python -m dualprompt.train [overrides]`: train prompts, test them, write results.json.
 
 Configs are shipped inside the package (dualprompt/conf); see `--help` for the groups.
+
+Interruptions: checkpoints/last.ckpt is written at the end of every epoch and, on SIGTERM
+(preemption), Ctrl-C or an exception, before the process exits; SIGTERM stops at the next batch
+with exit status 143. `hydra.run.dir=<the run folder> ckpt_path=last` resumes, mid-epoch
+included, and ends like an uninterrupted run with the same seed (tests/test_interruption.py).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
@@ -32,6 +38,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     """One run: zero-shot test, prompt training with validation, test of the best prompts."""
     start = time.time()
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen CLIP
+    # the data module resumes a mid-epoch checkpoint where it stopped (see its state_dict)
+    warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
     L.seed_everything(cfg.seed, workers=True)
     prepare_offline_assets(cfg.dataset, cfg.model)
     clip = load_clip(cfg.model.name, cfg.model.pretrained, config_file=cfg.model.config_file,
@@ -97,9 +105,20 @@ def _log_artifact(logger, prompt_file: Path, cfg: TrainConfig) -> None:
         logger.experiment.log_artifact(artifact)
 
 
+# exit status of a run stopped by SIGTERM (128 + 15, as if killed by it): not finished, resumable
+PREEMPTED_EXIT_CODE = 143
+
+
 @hydra.main(config_path="conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    train(OmegaConf.to_object(cfg), Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        train(OmegaConf.to_object(cfg), run_dir)
+    except SIGTERMException:  # Lightning saved last.ckpt; it would exit with status 0
+        log.warning("stopped by SIGTERM; the state is in %s. Resume with the same overrides and "
+                    "hydra.run.dir=%s ckpt_path=last", run_dir / "checkpoints" / "last.ckpt",
+                    run_dir)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ..data import ImageRecord
 
@@ -30,10 +30,77 @@ class Sample:
 def load_image(path: Path, transform: Callable) -> Tensor:
     """Open an image as RGB and transform it; errors name the file."""
     try:
-        with Image.open(path) as img:
-            return transform(img.convert("RGB"))
+        with open_image(path) as img:
+            return transform(to_rgb(img))
     except Exception as e:  # PIL raises many types for corrupt/unsupported files
         raise RuntimeError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def open_image(path: Path) -> Image.Image:
+    """`Image.open`, refusing images over PIL's decompression-bomb limit (PIL itself only warns
+    up to twice the limit): a tiny file can decode to gigabytes. Raise the limit,
+    `PIL.Image.MAX_IMAGE_PIXELS`, for genuinely huge images."""
+    img = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        img.close()
+        raise ValueError(f"{img.width}x{img.height} pixels is over PIL.Image.MAX_IMAGE_PIXELS="
+                         f"{limit} (a decompression bomb?); downscale the image")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode as RGB. 16-bit grey (I;16*, or I with values over 255) is scaled to 8 bits
+    first: `convert("RGB")` would clip it, turning most such images white."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return img.convert("RGB")
+
+
+def load_sample_image(sample: Sample, transform: Callable) -> Tensor:
+    """`load_image` whose error names the record too, and the option that checks every
+    image when the data is set up (so that a bad file is skipped instead)."""
+    try:
+        return load_image(sample.path, transform)
+    except RuntimeError as e:
+        r = sample.record
+        where = f"record {r.image_id!r}" + (f" of domain {r.domain}" if r.domain else "")
+        raise RuntimeError(f"{where}: {e}. Set "
+                           "dataset.skip_bad_images=true to decode every image at setup and "
+                           "skip (count, log) the unreadable ones") from e
+
+
+class EpochShuffle(Sampler[tuple[int, int]]):
+    """Each epoch a new order of range(n) that depends on (seed, epoch) only.
+
+    torch's RandomSampler draws from the RNG of the process, which a run resumed from a
+    checkpoint does not have: it would see other batches than the uninterrupted run. Yields
+    (index, epoch) keys, so that `TrainPairs` can draw the caption from them too (a worker's
+    copy of the dataset never hears of `set_epoch`). Lightning calls `set_epoch` before every
+    epoch; under DDP it wraps this sampler in a DistributedSamplerWrapper, which forwards it
+    and deals the order out to the ranks in turn (it does not reshuffle a custom sampler).
+
+    resume: (epoch, items) from a mid-epoch checkpoint: that epoch starts `items` further on
+    (the skipped items move to the end, so the length, which DDP relies on, stays n).
+    """
+
+    def __init__(self, n: int, seed: int, resume: Optional[tuple[int, int]] = None) -> None:
+        self.n, self.seed, self.epoch, self.resume = n, seed, 0, resume
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = list(range(self.n))
+        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        if self.resume is not None and self.resume[0] == self.epoch and self.n:
+            skip = self.resume[1] % self.n
+            order = order[skip:] + order[:skip]
+            log.info("epoch %d resumes after the %d items it had trained on", self.epoch, skip)
+        return iter([(i, self.epoch) for i in order])
 
 
 class TrainPairs(Dataset):
@@ -41,25 +108,30 @@ class TrainPairs(Dataset):
 
     Items: image (3, H, W), tokens (L,), negative_tokens (K, L), negative_mask (K,),
     negative_categories (K,), category () -- K fixed, records with fewer are padded+masked.
+    Keys are an index or an (index, epoch) pair (see `EpochShuffle`); the caption of an image
+    with several is drawn from (seed, epoch, index), so a resumed run draws the same ones.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable, tokenizer: Callable,
-                 num_negatives: int) -> None:
+                 num_negatives: int, seed: int = 0) -> None:
         self.samples, self.transform, self.tokenizer = list(samples), transform, tokenizer
-        self.num_negatives = num_negatives
+        self.num_negatives, self.seed = num_negatives, seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
+    def __getitem__(self, key: Union[int, tuple[int, int]]) -> dict[str, Tensor]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         s = self.samples[i]
-        caption = random.choice(s.record.captions)  # seeded per worker by Lightning
+        captions = s.record.captions
+        caption = (captions[random.Random(f"{self.seed}:{epoch}:{i}").randrange(len(captions))]
+                   if len(captions) > 1 else captions[0])
         k = self.num_negatives
         negatives = [n.text for n in s.record.negatives[:k]]
         texts = self.tokenizer([caption] + negatives + [""] * (k - len(negatives)))  # (1+K, L)
         neg_cats = list(s.negative_categories[:k]) + [-1] * (k - len(negatives))
         return {
-            "image": load_image(s.path, self.transform),
+            "image": load_sample_image(s, self.transform),
             "tokens": texts[0],
             "negative_tokens": texts[1:],
             "negative_mask": torch.arange(k) < len(negatives),
@@ -91,7 +163,7 @@ class Gallery(Dataset):
         s = self.samples[i]
         n = len(s.record.captions)
         return {
-            "image": load_image(s.path, self.transform),
+            "image": load_sample_image(s, self.transform),
             "image_id": torch.tensor(i),
             "tokens": self.tokenizer(list(s.record.captions)),  # (n, L)
             "text_ids": torch.arange(n) + self.caption_offsets[i],
@@ -125,13 +197,21 @@ def split_validation(records: Sequence[ImageRecord], fraction: float,
 
 
 def check_image(path: Optional[Path], verify: bool) -> Optional[str]:
-    """None if the image is usable, else why not."""
+    """None if the image is usable, else why not. Without `verify` only that the file exists
+    and is not empty (a stat); with it, the whole image is decoded: `verify()` alone misses
+    truncated JPEGs. JPEGs decode at 1/8 scale, which still reads every byte: about 1 ms for
+    a 500x375 JPEG on one core (benchmarks/reliability/report.md)."""
     if path is None:
         return "not found under the image root"
-    if verify:
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except Exception as e:
-            return f"unreadable ({type(e).__name__}: {e})"
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        if verify:
+            with open_image(path) as img:
+                img.verify()  # checksums (PNG chunks), structure
+            with open_image(path) as img:  # verify() leaves the image unusable: reopen
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()  # truncated or corrupt data fails here
+    except Exception as e:
+        return f"unreadable ({type(e).__name__}: {e})"
     return None

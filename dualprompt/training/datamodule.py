@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import lightning as L
-from torch.utils.data import ConcatDataset, DataLoader
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader
 
 from ..data import ImageRecord, clean_negatives, load_fdrd_json, load_karpathy_json
 from ..data.images import ImageIndex
-from .data import Gallery, Sample, TrainPairs, check_image, collate_gallery, split_validation
+from .data import (EpochShuffle, Gallery, Sample, TrainPairs, check_image, collate_gallery,
+                   split_validation)
 from .schema import DatasetConfig, DomainConfig
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.domains: dict[str, DomainSplits] = {}
         self.skipped: dict[str, int] = {}
         self.reports: dict[str, object] = {}  # "domain/split" -> FdrdReport / NegativeReport
+        self.overlaps: dict[str, dict[str, int]] = {}  # domain -> {"train/test images": n, ...}
+        self._resume: dict[str, int] = {}  # from a checkpoint, see `state_dict`
 
     # -- building ------------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:
@@ -117,6 +125,12 @@ class RetrievalDataModule(L.LightningDataModule):
                               samples(test_records, "test"))
         log.info("domain %s: %d train, %d val, %d test images", name, len(splits.train),
                  len(splits.val), len(splits.test))
+        overlaps = _split_overlaps(splits)
+        if overlaps:
+            self.overlaps[name] = {k: len(v) for k, v in overlaps.items()}
+            log.warning("domain %s: splits share images or ids (evaluation may be optimistic): %s",
+                        name, "; ".join(f"{k}: {len(v)} (e.g. {', '.join(sorted(v)[:3])})"
+                                        for k, v in overlaps.items()))
         return splits
 
     def _records(self, root: Path, name: str, dom: DomainConfig, split: str) -> list[ImageRecord]:
@@ -143,6 +157,7 @@ class RetrievalDataModule(L.LightningDataModule):
             "images": {d: {"train": len(s.train), "val": len(s.val), "test": len(s.test)}
                        for d, s in self.domains.items()},
             "skipped_images": dict(self.skipped),
+            "split_overlaps": dict(self.overlaps),
             "reports": {k: _jsonable(dataclasses.asdict(r)) for k, r in self.reports.items()},
         }
 
@@ -161,15 +176,18 @@ class RetrievalDataModule(L.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        parts = [TrainPairs(self.domains[d].train, self.train_transform, self.tokenizer,
-                            self.cfg.negatives.k) for d in self.cfg.train_domains]
-        pairs = ConcatDataset(parts)
+        samples = [s for d in self.cfg.train_domains for s in self.domains[d].train]
+        pairs = TrainPairs(samples, self.train_transform, self.tokenizer, self.cfg.negatives.k,
+                           seed=self.seed)
         if len(pairs) < self.batch_size:
             raise ValueError(f"dataset {self.cfg.name}: {len(pairs)} training images, fewer "
                              f"than data.batch_size={self.batch_size}")
-        return DataLoader(pairs, batch_size=self.batch_size, shuffle=True,
+        # the order is a function of (seed, epoch): a resumed run sees the same batches
+        return DataLoader(pairs, batch_size=self.batch_size,
+                          sampler=EpochShuffle(len(pairs), self.seed, self._resume_at()),
                           drop_last=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          worker_init_fn=self._worker_init())
 
     def val_domains(self) -> list[str]:
         return list(self.cfg.train_domains)
@@ -186,7 +204,69 @@ class RetrievalDataModule(L.LightningDataModule):
     def _gallery(self, name: str, samples: list[Sample]) -> DataLoader:
         return DataLoader(Gallery(samples, self.eval_transform, self.tokenizer, name),
                           batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_gallery)
+                          num_workers=self.num_workers, collate_fn=collate_gallery,
+                          worker_init_fn=self._worker_init())
+
+    def _worker_init(self) -> Optional[Callable[[int], None]]:
+        if not self.num_workers:
+            return None
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return functools.partial(_init_worker, rank=rank)
+
+    # -- resuming ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        """Saved in checkpoints: how many batches of its epoch training had done, so that a run
+        resumed from a mid-epoch checkpoint (SIGTERM, an exception) continues where it was.
+        Lightning resumes such an epoch for its remaining batches only, but from a fresh loader:
+        without this, it would train on the epoch's first batches again and skip the rest."""
+        if self.trainer is None:
+            return {}
+        return {"epoch": self.trainer.current_epoch,
+                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.completed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = dict(state_dict)
+
+    def _resume_at(self) -> Optional[tuple[int, int]]:
+        """(epoch, items already trained on, over all ranks) for `EpochShuffle`."""
+        if not self._resume.get("batches_done"):
+            return None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return self._resume["epoch"], self._resume["batches_done"] * self.batch_size * world
+
+
+def _init_worker(worker_id: int, rank: int) -> None:
+    """A loader worker leaves SIGTERM to the main process, where Lightning saves a checkpoint
+    and stops at the next batch, then shuts the workers down. Killed by it (SLURM signals every
+    process of a job on preemption), workers would make the main process fail wherever it is
+    ("DataLoader worker ... killed by signal"). SIGTERM from the parent itself (the loader
+    ending a worker that does not stop) still ends it. Then what Lightning installs when there
+    is no worker_init_fn: per-worker seeds."""
+    if hasattr(signal, "sigwaitinfo"):  # POSIX
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_end_on_parents_sigterm, daemon=True).start()
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank)
+
+
+def _end_on_parents_sigterm() -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(0)
+
+
+def _split_overlaps(splits: DomainSplits) -> dict[str, set[str]]:
+    """Image files and record ids that two splits of a domain share ("train/test images": the
+    shared files, ...); only the non-empty ones."""
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    out = {}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        files = {str(s.path) for s in parts[a]} & {str(s.path) for s in parts[b]}
+        ids = {s.record.image_id for s in parts[a]} & {s.record.image_id for s in parts[b]}
+        for kind, shared in (("images", files), ("ids", ids)):
+            if shared:
+                out[f"{a}/{b} {kind}"] = shared
+    return out
 
 
 def _jsonable(value: object) -> object:

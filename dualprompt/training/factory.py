@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 
+from .results import atomic_write
 from .schema import LoggerConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,34 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]) -> Un
         logger.log_hyperparams(config)
         return logger
     raise ValueError(f"logger.kind must be csv, wandb or none, got {cfg.kind!r}")
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files that a kill cannot corrupt and that cannot run code when loaded.
+
+    Local checkpoints are written next to their final name, then renamed into place:
+    Lightning's own save goes through an fsspec transaction whose temp file is in $TMPDIR, and
+    when that is another filesystem than the run folder (a local /tmp, runs on shared storage)
+    committing it is a copy into the final name, which a kill can leave half written. Remote
+    paths (s3://, ...) keep Lightning's way. A checkpoint holding pickled objects that
+    `weights_only` loading refuses is refused with its path named (dualprompt's never do)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Optional[Any] = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except pickle.UnpicklingError as e:
+            reason = next((line.strip().split(". Please")[0] for line in str(e).splitlines()
+                           if "Unsupported global" in line), str(e).splitlines()[0])
+            raise pickle.UnpicklingError(
+                f"{path}: refused, it holds pickled objects that could run code when loaded "
+                f"({reason}). dualprompt checkpoints hold tensors and plain values only: use "
+                "one written by dualprompt.train, from a source you trust.") from e
 
 
 def build_trainer(cfg: TrainerConfig, run_dir: Path, *, monitor: Optional[str],
@@ -55,7 +87,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, *, monitor: Optional[str],
         limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
         fast_dev_run=cfg.fast_dev_run, enable_progress_bar=cfg.enable_progress_bar,
         default_root_dir=str(run_dir), logger=logger, callbacks=callbacks,
-        num_sanity_val_steps=0)
+        plugins=[SafeCheckpointIO()], num_sanity_val_steps=0)
 
 
 def eval_trainer(cfg: TrainerConfig, run_dir: Path,

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Callable, Optional
 
 PACKAGES = ("dualprompt", "torch", "torchvision", "open_clip_torch", "lightning",
             "torchmetrics", "hydra-core", "wandb")
@@ -38,13 +38,29 @@ def git_revision() -> Optional[str]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
+    """Write JSON atomically (see `atomic_write`); nothing is written if `data` is not JSON."""
+    text = json.dumps(data, indent=2, sort_keys=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write `path` through a temp file in its own folder renamed into place: a failure or a
+    kill leaves the previous file (or none) under the name, never a partial one; on a failure
+    the temp file is removed. (A temp file elsewhere, e.g. in $TMPDIR, would have to be copied
+    into the final name when that is another filesystem.)"""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _umask() -> int:
