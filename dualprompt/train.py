@@ -35,7 +35,8 @@ log = logging.getLogger("dualprompt.train")
 
 
 def train(cfg: TrainConfig, run_dir: Path) -> dict:
-    """One run: zero-shot test, prompt training with validation, test of the best prompts."""
+    """One run: prompt training with validation, then the best prompts and the zero-shot CLIP
+    evaluated on the validation and test splits; rank 0 writes results.json."""
     start = time.time()
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen CLIP
     # the data module resumes a mid-epoch checkpoint where it stopped (see its state_dict)
