@@ -49,6 +49,17 @@ def write_prompt_file(path: Path, seed: int = 3) -> Path:
     return model.save_prompts(path)
 
 
+def write_tiny_model(folder: Path, seed: int = 3) -> tuple[Path, Path]:
+    """The tiny model's config JSON and a weights file, as a user would have them on disk."""
+    from safetensors.torch import save_file
+    model_config = folder / f"{TINY_NAME}.json"
+    model_config.write_text(json.dumps(TINY_CFG))
+    weights = folder / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in make_tiny_clip(seed=seed).state_dict().items()},
+              str(weights))
+    return model_config, weights
+
+
 @pytest.fixture
 def tiny_clip(tiny_config_file):
     return make_tiny_clip()

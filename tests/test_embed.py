@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from dualprompt import base_fingerprint, load_prompts
 from dualprompt.embed import embed
 from dualprompt.loading import load_clip
 from dualprompt.training.embedding import InputFormat, import_faiss, read_inputs
 from dualprompt.training.schema import EmbedConfig
-from tests.conftest import PROMPTS, TINY_CFG, TINY_NAME, make_tiny_clip, write_prompt_file
+from tests.conftest import (PROMPTS, TINY_CFG, TINY_NAME, make_tiny_clip, write_prompt_file,
+                            write_tiny_model)
 from tests.toy_data import write_hydra_configs, write_toy_fdrd, write_toy_karpathy
 
 CAPTION_LINES = "a red square with stripes\n\nA blue square with dots\n  two green squares \n"
@@ -32,11 +32,7 @@ def toy(tmp_path_factory, tiny_config_file):
     data = write_toy_fdrd(tmp / "data", unique_captions=True)
     karpathy = write_toy_karpathy(tmp / "karpathy")
     (tmp / "captions.txt").write_text(CAPTION_LINES)
-    model_config = tmp / f"{TINY_NAME}.json"
-    model_config.write_text(json.dumps(TINY_CFG))
-    weights = tmp / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in make_tiny_clip(seed=3).state_dict().items()},
-              str(weights))
+    model_config, weights = write_tiny_model(tmp)
     conf = write_hydra_configs(tmp / "conf", data, model_config)
     return {"tmp": tmp, "data": data, "karpathy": karpathy, "conf": conf, "weights": weights,
             "model_config": model_config, "prompts": write_prompt_file(tmp / "prompts.safetensors")}

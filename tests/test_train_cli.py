@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from dualprompt import load_prompts
-from tests.conftest import TINY_CFG, TINY_NAME, make_tiny_clip
+from tests.conftest import make_tiny_clip, write_tiny_model
 from tests.toy_data import write_hydra_configs, write_toy_fdrd
 
 
@@ -21,11 +20,7 @@ def toy(tmp_path_factory, tiny_config_file):
     """Toy FDRD data, a tiny model config and its weights file, a user config dir."""
     tmp = tmp_path_factory.mktemp("toy")
     data = write_toy_fdrd(tmp / "data")
-    model_config = tmp / f"{TINY_NAME}.json"
-    model_config.write_text(json.dumps(TINY_CFG))
-    weights = tmp / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in make_tiny_clip(seed=3).state_dict().items()},
-              str(weights))
+    model_config, weights = write_tiny_model(tmp)
     conf = write_hydra_configs(tmp / "conf", data, model_config)
     return {"tmp": tmp, "conf": conf, "weights": weights, "model_config": model_config}
 
