@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
@@ -48,6 +48,15 @@ class PromptConfig:
     coupled: bool = False
     # Std of the normal init of vectors that are not initialised from words.
     init_std: float = 0.02
+    # Class-specific attribute vectors (CoOp's CSC): one set per class of the training data,
+    # chosen per caption by the class name it contains (token match, longest name first);
+    # captions naming none of these classes get the mean set. Empty: shared vectors.
+    class_names: list[str] = field(default_factory=list)
+    # CLIP-Adapter (Gao et al. 2024): a residual bottleneck MLP on the output features,
+    # f <- ratio * A(f) + (1 - ratio) * f, one per tower; a ratio of 0 switches it off.
+    image_adapter_ratio: float = 0.0
+    text_adapter_ratio: float = 0.0
+    adapter_reduction: int = 4  # bottleneck width = feature dim / reduction
 
     def __post_init__(self) -> None:
         self.subcategory_query = SubcategoryQuery(self.subcategory_query)
@@ -65,6 +74,20 @@ class PromptConfig:
         if self.attribute_init is not None:
             _check(bool(self.attribute_init.strip()), "attribute_init",
                    "must be None or non-empty words")
+        for name in ("image_adapter_ratio", "text_adapter_ratio"):
+            _check(0.0 <= getattr(self, name) <= 1.0, name,
+                   f"must be in [0, 1], got {getattr(self, name)}")
+        _check(self.adapter_reduction >= 1, "adapter_reduction",
+               f"must be >= 1, got {self.adapter_reduction}")
+        self.class_names = list(self.class_names)
+        if self.class_names:
+            _check(self.attribute_length > 0, "class_names",
+                   "class-specific vectors need attribute_length > 0")
+            _check(not self.coupled, "class_names", "class-specific vectors cannot be coupled")
+            _check(all(isinstance(c, str) and c.strip() for c in self.class_names),
+                   "class_names", "must be non-empty strings")
+            _check(len(set(self.class_names)) == len(self.class_names), "class_names",
+                   "has duplicates")
         if self.coupled:
             _check(self.visual_length > 0 and self.attribute_length > 0, "coupled",
                    "needs attribute_length > 0 and visual_length > 0")

@@ -56,7 +56,8 @@ def embed(cfg: EmbedConfig, run_dir: Path) -> dict:
                      precision=cfg.model.precision, cache_dir=cfg.model.cache_dir)
     model = clip.model
     if cfg.prompts:
-        model = load_prompts(cfg.prompts, clip.model, trim_context=cfg.model.trim_context)
+        model = load_prompts(cfg.prompts, clip.model, trim_context=cfg.model.trim_context,
+                             tokenizer=clip.tokenizer)
     datasets = {"image": ImageFiles(inputs.image_paths, clip.preprocess_val),
                 "text": Captions(inputs.captions, clip.tokenizer)}
     loaders = [DataLoader(datasets[k], batch_size=cfg.data.eval_batch_size, shuffle=False,

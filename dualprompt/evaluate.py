@@ -35,7 +35,8 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict:
                      precision=cfg.model.precision, cache_dir=cfg.model.cache_dir)
     model = clip.model
     if cfg.prompts:
-        model = load_prompts(cfg.prompts, clip.model, trim_context=cfg.model.trim_context)
+        model = load_prompts(cfg.prompts, clip.model, trim_context=cfg.model.trim_context,
+                             tokenizer=clip.tokenizer)
     dataset = cfg.dataset
     if cfg.split == "test":  # only the test galleries are needed
         dataset = dataclasses.replace(dataset, train_domains=[])

@@ -14,7 +14,7 @@ from open_clip.model import CLIP
 
 from . import towers
 from .config import PromptConfig, SubcategoryQuery
-from .prompts import AttributePrompts, SubcategoryPrompts, VisualPrompts
+from .prompts import AttributePrompts, FeatureAdapter, SubcategoryPrompts, VisualPrompts
 from .tokens import fit_to_window
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,11 @@ class DualPromptCLIP(nn.Module):
                 init = _word_embeddings(clip, config.attribute_init, config.attribute_length,
                                         tokenizer or open_clip.tokenize)
             self.attribute = AttributePrompts(config.attribute_length, config.text_depth, width,
-                                              config.init_std, init)
+                                              config.init_std, init,
+                                              classes=len(config.class_names))
+        # class-specific vectors: each class name's token ids, to find it in a caption
+        names = _class_name_tokens(config.class_names, tokenizer or open_clip.tokenize)
+        self.register_buffer("class_tokens", names, persistent=False)  # (C, n_max), 0-padded
         self.subcategory = None
         if config.subcategory_length:
             key_dim = (width if config.subcategory_query == SubcategoryQuery.TOKENS
@@ -70,6 +74,13 @@ class DualPromptCLIP(nn.Module):
             self.visual_prompts = VisualPrompts(
                 config.visual_length, config.visual_depth, towers.vision_width(clip),
                 config.init_std, coupled_from_width=width if config.coupled else None)
+        dim = towers.embed_dim(clip)
+        self.image_adapter = (FeatureAdapter(dim, config.adapter_reduction,
+                                             config.image_adapter_ratio)
+                              if config.image_adapter_ratio else None)
+        self.text_adapter = (FeatureAdapter(dim, config.adapter_reduction,
+                                            config.text_adapter_ratio)
+                             if config.text_adapter_ratio else None)
         log.info("DualPromptCLIP: %d trainable parameters (%s)", self.num_trainable_parameters(),
                  config.to_json())
 
@@ -110,14 +121,13 @@ class DualPromptCLIP(nn.Module):
             w = token_weights[:, :tokens.shape[1]].to(x.dtype)
             w = w.scatter(1, eot[:, None], 1.0)  # the (possibly moved) end token stays at 1
             x = x * w.unsqueeze(-1)
-        prompts = self._text_prompts(tokens, eot)
-        deep: list[Tensor] = []
+        prompts, deep = self._text_prompts(tokens, eot)
         if prompts is not None:
             x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)  # (B, L'+n, W)
-            if self.attribute is not None:
-                deep = list(self.attribute()[1:])
         hidden = towers.text_hidden(clip, x, deep, prompt_start=1)
         features = towers.pool_text(clip, hidden, eot + n_prompt)
+        if self.text_adapter is not None:
+            features = self.text_adapter(features)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image(self, image: Tensor, normalize: bool = False) -> Tensor:
@@ -127,6 +137,8 @@ class DualPromptCLIP(nn.Module):
             text_vectors = self.attribute() if self.config.coupled else None
             prompts = self.visual_prompts(text_vectors)
         features = towers.encode_image(self.clip.visual, image, prompts)
+        if self.image_adapter is not None:
+            features = self.image_adapter(features)
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, image: Optional[Tensor] = None, text: Optional[Tensor] = None):
@@ -144,14 +156,39 @@ class DualPromptCLIP(nn.Module):
         return image_features, text_features, self.logit_scale.exp()
 
     # -- prompts ---------------------------------------------------------------------------
-    def _text_prompts(self, tokens: Tensor, eot: Tensor) -> Optional[Tensor]:
-        """(B, L') fitted token ids -> (B, n, W) input-layer text prompts, or None."""
-        parts = []
+    def _text_prompts(self, tokens: Tensor, eot: Tensor) -> tuple[Optional[Tensor], list[Tensor]]:
+        """(B, L') fitted token ids -> (B, n, W) input-layer text prompts (or None) and the
+        deep attribute vectors of layers 2..J, each (k, W) or, class-specific, (B, k, W)."""
+        parts, deep = [], []
         if self.attribute is not None:
-            parts.append(self.attribute()[0].unsqueeze(0).expand(tokens.shape[0], -1, -1))
+            if self.attribute.class_specific:
+                vectors = self.attribute(self.caption_classes(tokens))  # (B, J, k, W)
+                parts.append(vectors[:, 0])
+                deep = list(vectors[:, 1:].unbind(1))
+            else:
+                vectors = self.attribute()  # (J, k, W)
+                parts.append(vectors[0].unsqueeze(0).expand(tokens.shape[0], -1, -1))
+                deep = list(vectors[1:])
         if self.subcategory is not None:
             parts.append(self.subcategory(self.subcategory_query(tokens, eot)))
-        return torch.cat(parts, dim=1) if parts else None
+        return (torch.cat(parts, dim=1) if parts else None), deep
+
+    @torch.no_grad()
+    def caption_classes(self, tokens: Tensor) -> Tensor:
+        """(B, L) token ids -> (B,) index into `config.class_names` of the class each caption
+        names (the longest matching name wins; ties: the first), -1 where it names none."""
+        found = torch.full((tokens.shape[0],), -1, dtype=torch.long, device=tokens.device)
+        lengths = (self.class_tokens > 0).sum(1)
+        for n in sorted({int(v) for v in lengths}, reverse=True):
+            if not 0 < n <= tokens.shape[1]:
+                continue
+            ids = (lengths == n).nonzero(as_tuple=True)[0]
+            names = self.class_tokens[ids, :n]  # (Cn, n)
+            windows = tokens.unfold(1, n, 1)  # (B, L-n+1, n)
+            hit = (windows[:, :, None, :] == names[None, None]).all(-1).any(1)  # (B, Cn)
+            first = torch.where(hit.any(1), ids[hit.int().argmax(1)], -1)
+            found = torch.where(found < 0, first, found)
+        return found
 
     @torch.no_grad()
     def subcategory_query(self, tokens: Tensor, eot: Tensor) -> Tensor:
@@ -178,6 +215,21 @@ class DualPromptCLIP(nn.Module):
         """Write the learned tensors, the config and the base-model fingerprint (safetensors)."""
         from .prompt_file import save_prompts
         return save_prompts(self, path)
+
+
+def _class_name_tokens(class_names: list[str], tokenizer: Tokenizer) -> Tensor:
+    """(C, n_max) token ids of each class name as it reads in a caption (underscores as
+    spaces), without start/end tokens, zero-padded; (0, 1) for no classes."""
+    rows = []
+    for name in class_names:
+        ids = tokenizer([name.replace("_", " ")])[0]
+        rows.append(ids[1:int(ids.argmax())])
+    if not rows:
+        return torch.zeros(0, 1, dtype=torch.long)
+    out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
 
 
 def _word_embeddings(clip: CLIP, words: str, length: int, tokenizer: Tokenizer) -> Tensor:

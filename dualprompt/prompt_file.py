@@ -114,8 +114,12 @@ def read_prompt_file(path: Union[str, Path]) -> tuple[dict[str, Tensor], PromptC
 
 def load_prompts(path: Union[str, Path], clip_model: nn.Module, *,
                  check_fingerprint: bool = True, trim_context: bool = True,
-                 map_location: Optional[Union[str, torch.device]] = None) -> nn.Module:
+                 map_location: Optional[Union[str, torch.device]] = None,
+                 tokenizer: Optional[Any] = None) -> nn.Module:
     """Load a prompt file onto `clip_model` and return the `DualPromptCLIP`.
+
+    tokenizer: the model's tokenizer (`open_clip.get_tokenizer(name)`), used to find the class
+    names of class-specific prompts in captions; open_clip's default tokenizer if None.
 
     Raises PromptFileError naming both fingerprints when the file was trained on another base
     model (pass check_fingerprint=False to override, e.g. for a re-quantised copy).
@@ -132,7 +136,7 @@ def load_prompts(path: Union[str, Path], clip_model: nn.Module, *,
                 " (or pass check_fingerprint=False if you know the weights are equivalent).")
     # Word init is skipped: the learned tensors overwrite it.
     model = DualPromptCLIP(clip_model, dataclasses.replace(config, attribute_init=None),
-                           trim_context=trim_context)
+                           tokenizer=tokenizer, trim_context=trim_context)
     model.config = config
     expected = model.prompt_state_dict()
     if set(expected) != set(tensors):

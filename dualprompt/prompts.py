@@ -9,19 +9,48 @@ from torch import Tensor, nn
 
 
 class AttributePrompts(nn.Module):
-    """Attribute-level text vectors shared by every caption, one set per prompted layer."""
+    """Attribute-level text vectors, one set per prompted layer: shared by every caption, or
+    with `classes` > 0 one per class (CoOp's class-specific context)."""
 
     def __init__(self, length: int, depth: int, width: int, std: float,
-                 init: Optional[Tensor] = None) -> None:
+                 init: Optional[Tensor] = None, classes: int = 0) -> None:
         super().__init__()
-        vectors = torch.randn(depth, length, width) * std  # (J, k, W)
+        shape = (classes, depth, length, width) if classes else (depth, length, width)
+        vectors = torch.randn(shape) * std  # ([C,] J, k, W)
         if init is not None:  # (n, W) word embeddings for the input layer, n <= k
-            vectors[0, :init.shape[0]] = init
+            vectors[..., 0, :init.shape[0], :] = init
         self.vectors = nn.Parameter(vectors)
 
-    def forward(self) -> Tensor:
-        """(J, k, W): row 0 goes in at the input, row j replaces it at the input of layer j."""
-        return self.vectors
+    @property
+    def class_specific(self) -> bool:
+        return self.vectors.dim() == 4
+
+    def forward(self, classes: Optional[Tensor] = None) -> Tensor:
+        """Shared: (J, k, W); row 0 goes in at the input, row j replaces it at the input of
+        layer j. Class-specific: classes (B,) indices, -1 for none of them (the mean set),
+        -> (B, J, k, W); without classes, the mean set (J, k, W)."""
+        if not self.class_specific:
+            return self.vectors
+        mean = self.vectors.mean(0)
+        if classes is None:
+            return mean
+        picked = self.vectors[classes.clamp(min=0)]  # (B, J, k, W)
+        return torch.where((classes >= 0)[:, None, None, None], picked, mean.unsqueeze(0))
+
+
+class FeatureAdapter(nn.Module):
+    """CLIP-Adapter: f <- ratio * MLP(f) + (1 - ratio) * f, MLP = D -> D/r -> D with ReLUs."""
+
+    def __init__(self, dim: int, reduction: int, ratio: float) -> None:
+        super().__init__()
+        self.ratio = ratio
+        hidden = max(1, dim // reduction)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, dim, bias=False), nn.ReLU(inplace=True))
+
+    def forward(self, features: Tensor) -> Tensor:
+        adapted = self.mlp(features.to(self.mlp[0].weight.dtype)).to(features.dtype)
+        return self.ratio * adapted + (1.0 - self.ratio) * features
 
 
 class SubcategoryPrompts(nn.Module):
