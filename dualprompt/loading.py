@@ -1,7 +1,10 @@
 """Loading the base CLIP the way open_clip users name it: hub tags, local files, local dirs."""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -12,6 +15,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 LOCAL_DIR = "local-dir:"
+CONFIG_FILE = "open_clip_config.json"  # an open_clip model folder: config + weights
+WEIGHTS_FILE = "open_clip_model.safetensors"
 
 
 @dataclass
@@ -74,3 +79,46 @@ def _looks_like_path(value: str) -> bool:
         return False
     return ("/" in value or value.startswith((".", "~"))
             or value.endswith((".safetensors", ".pt", ".pth", ".bin")))
+
+
+def open_clip_config(name: str, cache_dir: Optional[str] = None) -> dict:
+    """The open_clip model config (embed_dim, vision_cfg, text_cfg) of a model named as in
+    `load_clip`: a registered architecture, "local-dir:/path" or "hf-hub:org/repo"."""
+    if name.startswith(LOCAL_DIR):
+        path = Path(name[len(LOCAL_DIR):]).expanduser() / CONFIG_FILE
+        return json.loads(path.read_text())["model_cfg"]
+    if name.startswith("hf-hub:"):
+        from open_clip.factory import _get_hf_config  # the config that create_model used
+        return _get_hf_config(name[len("hf-hub:"):], cache_dir=cache_dir)["model_cfg"]
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ValueError(f"no open_clip model config for {name!r}; pass model.config_file")
+    return config
+
+
+def save_clip_folder(model: nn.Module, folder: Path, model_cfg: dict) -> Path:
+    """Write a whole CLIP as an open_clip folder that `load_clip("local-dir:" + folder)` and
+    open_clip's own `create_model_and_transforms("local-dir:...")` load: open_clip_config.json
+    (model_cfg + the model's preprocess_cfg) and open_clip_model.safetensors. The folder is
+    written beside its final name and renamed into place, so a kill leaves the old one."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
+        hub = {"model_cfg": model_cfg,
+               "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v
+                                  for k, v in preprocess.items()}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(hub, indent=1))
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -25,9 +25,11 @@ def toy(tmp_path_factory, tiny_config_file):
     return {"tmp": tmp, "conf": conf, "weights": weights, "model_config": model_config}
 
 
-def run_cli(module: str, toy: dict, run_dir: Path, *overrides: str, env: dict | None = None):
+def run_cli(module: str, toy: dict, run_dir: Path, *overrides: str, env: dict | None = None,
+            pretrained: str | None = None):
     cmd = [sys.executable, "-m", module, f"hydra.searchpath=[file://{toy['conf']}]",
-           "dataset=toy", "model=tiny", f"model.pretrained={toy['weights']}", "trainer=cpu",
+           "dataset=toy", "model=tiny", f"model.pretrained={pretrained or toy['weights']}",
+           "trainer=cpu",
            "trainer.enable_progress_bar=false", "data.batch_size=4", "data.num_workers=0",
            f"hydra.run.dir={run_dir}", *overrides]
     proc = subprocess.run(cmd, cwd=toy["tmp"], capture_output=True, text=True,

@@ -192,6 +192,11 @@ class RetrievalDataModule(L.LightningDataModule):
     def val_domains(self) -> list[str]:
         return list(self.cfg.train_domains)
 
+    def train_class_names(self) -> list[str]:
+        """The fine classes of the training split, sorted (empty for caption-only data)."""
+        return sorted({s.record.class_name for d in self.domains.values() for s in d.train
+                       if s.record.class_name})
+
     def test_domains(self) -> list[str]:
         return list(self.cfg.test_domains)
 

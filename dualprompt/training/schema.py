@@ -66,6 +66,16 @@ class LossConfig:
 
 
 @dataclass
+class MethodConfig:
+    """What a run trains; the presets in conf/method also pick the prompt and loss groups."""
+
+    name: str = "dualprompt"  # the row label in results.json and the quality tables
+    trains: str = "prompts"  # prompts: prompt vectors / adapters on the frozen CLIP;
+    #                          all: every CLIP weight (full fine-tuning); none: zero-shot
+    class_specific: bool = False  # CoOp's CSC: attribute vectors per class of the train split
+
+
+@dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd | adamw
     lr: float = 0.002
@@ -117,6 +127,7 @@ class DataLoaderConfig:
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -1,0 +1,100 @@
+"""Every method of the `method=` group through `python -m dualprompt.train` on toy data, and the
+baselines' own artifacts (CLIP-Adapter prompt file, fine-tuned open_clip folder) loading back."""
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_train_cli import run_cli, toy  # noqa: F401  (module fixture)
+
+# the tiny model has 3 layers per tower: presets deeper than that are cut to it
+METHODS = {
+    "dualprompt": ([], {"model.attribute.vectors", "model.subcategory.vectors",
+                        "model.subcategory.keys", "model.visual_prompts.vectors"}),
+    "coop": ([], {"model.attribute.vectors"}),
+    "coop_csc": ([], {"model.attribute.vectors"}),
+    "vpt": ([], {"model.visual_prompts.vectors"}),
+    "vpt_deep": (["prompt.visual_depth=3"], {"model.visual_prompts.vectors"}),
+    "maple": (["prompt.text_depth=3", "prompt.visual_depth=3"],
+              {"model.attribute.vectors", *(f"model.visual_prompts.coupling.{i}.{p}"
+                                            for i in range(3) for p in ("weight", "bias"))}),
+    "clip_adapter": ([], {f"model.{side}_adapter.mlp.{i}.weight"
+                          for side in ("image", "text") for i in (0, 2)}),
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_prompt_methods_train_and_write_results(toy, tiny_config_file, method):  # noqa: F811
+    overrides, learned = METHODS[method]
+    run_dir = toy["tmp"] / f"method_{method}"
+    run_cli("dualprompt.train", toy, run_dir, f"method={method}", "trainer.max_epochs=1",
+            *overrides)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["method"] == method
+    assert set(results["test"]) == {"toy_a", "toy_b", "AVG"} and results["zero_shot"]
+    assert results["artifact_bytes"] == (run_dir / "prompts.safetensors").stat().st_size > 0
+    assert results["trainable_parameters"] > 0 and results["train_seconds"] > 0
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert set(ckpt["state_dict"]) == learned
+    if method == "coop_csc":  # one set of 16 vectors per training class of the toy data
+        classes = {r["class_name"] for split in ("toy_a", "toy_b")
+                   for r in json.loads((toy["tmp"] / "data" / split / "train.json")
+                                       .read_text()).values()}
+        assert ckpt["state_dict"]["model.attribute.vectors"].shape[:3] == (len(classes), 1, 16)
+
+
+def test_zeroshot_trains_nothing_and_matches_the_zero_shot_column(toy, tiny_config_file):  # noqa: F811
+    run_dir = toy["tmp"] / "method_zeroshot"
+    run_cli("dualprompt.train", toy, run_dir, "method=zeroshot")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["trainable_parameters"] == 0 and results["epochs_trained"] == 0
+    assert results["test"] == results["zero_shot"]
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_clip_adapter_file_reproduces_its_metrics(toy, tiny_config_file):  # noqa: F811
+    run_dir = toy["tmp"] / "method_clip_adapter"
+    if not (run_dir / "results.json").is_file():
+        run_cli("dualprompt.train", toy, run_dir, "method=clip_adapter", "trainer.max_epochs=1")
+    results = json.loads((run_dir / "results.json").read_text())
+    run_cli("dualprompt.evaluate", toy, toy["tmp"] / "eval_adapter",
+            f"prompts={run_dir / 'prompts.safetensors'}")
+    again = json.loads((toy["tmp"] / "eval_adapter" / "results.json").read_text())["results"]
+    assert again == results["test"]
+
+
+def test_full_finetune_exports_an_open_clip_folder_that_reproduces_its_metrics(
+        toy, tiny_config_file):  # noqa: F811
+    run_dir = toy["tmp"] / "method_full_finetune"
+    run_cli("dualprompt.train", toy, run_dir, "method=full_finetune", "trainer.max_epochs=2",
+            "optim.lr=1e-3")
+    results = json.loads((run_dir / "results.json").read_text())
+    folder = run_dir / "finetuned"
+    base = open_clip.create_model("dualprompt-test-tiny")
+    n_weights = sum(p.numel() for p in base.parameters())
+    assert results["trainable_parameters"] == n_weights
+    assert results["artifact_bytes"] > 4 * n_weights  # fp32 weights + config
+    # the checkpoints hold every CLIP weight (they are not prompt files) and resume
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert len(ckpt["state_dict"]) == len(list(base.parameters()))
+    # open_clip's own loader reads the folder; the weights moved away from the base model
+    tuned, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    weights = load_file(str(toy["weights"]))
+    moved = [k for k, v in tuned.state_dict().items() if k in weights
+             and not torch.equal(v, weights[k])]
+    assert moved
+    # evaluating the folder as the base model gives the run's test numbers back
+    run_cli("dualprompt.evaluate", toy, toy["tmp"] / "eval_ft", "model.config_file=null",
+            pretrained=f"local-dir:{folder}")
+    again = json.loads((toy["tmp"] / "eval_ft" / "results.json").read_text())["results"]
+    assert again == results["test"]
+    assert results["zero_shot"] != results["test"]
+    # resume continues from the checkpoint with every weight
+    proc = run_cli("dualprompt.train", toy, run_dir, "method=full_finetune",
+                   "trainer.max_epochs=3", "optim.lr=1e-3", "ckpt_path=last")
+    assert "Restored all states" in proc.stdout + proc.stderr
+
