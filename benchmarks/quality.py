@@ -1,13 +1,16 @@
-"""Offline quality suite: zero-shot vs each ablation vs the full method, in-domain and
-cross-domain, several seeds, on the procedural world with its small pretrained CLIP.
+"""Offline quality suite: zero-shot, the baselines (CoOp, VPT, MaPLe, CLIP-Adapter, full
+fine-tuning), each ablation and the full method, in-domain and cross-domain, several seeds, on
+the procedural world with its small pretrained CLIP.
 
     python benchmarks/quality.py                      # 3 seeds, writes benchmarks/results/
     python benchmarks/quality.py --seeds 0 --quick    # a smoke run
 
-Every variant is `python -m dualprompt.train` with config overrides (listed in VARIANTS), run
-in-process through `dualprompt.train.train`; model selection (best epoch) and early stopping
-use the validation split only; the numbers are test Recall@K (%). Writes quality.json (every
-run), quality.md (mean +- std per metric) and quality.png.
+Every row is `python -m dualprompt.train experiment=world` with config overrides (listed in
+BASELINES and VARIANTS), run in-process through `dualprompt.train.train`: same data, model,
+epochs, seeds and validation-only model selection for all; the numbers are test Recall@K (%).
+Writes quality.json (summary), quality_runs.json (every run; finished runs are reused, so an
+interrupted suite resumes), quality.md (mean +- std, trainable parameters, artifact size,
+training time) and quality.png.
 """
 from __future__ import annotations
 
@@ -29,25 +32,38 @@ from dualprompt.training.schema import register_configs
 CONF = Path(dualprompt.__file__).parent / "conf"
 SETTINGS = {"in-domain": "dataset=world_all", "cross-domain": "dataset=world_cross",
             "in-domain (critters)": "dataset=world"}
-VARIANTS = {  # name -> overrides; "zero-shot" is read from every run's zero_shot results
+# the world's CLIP has 3 layers per tower: "every layer" presets (VPT-deep 12, MaPLe 9) get 3
+BASELINES = {  # name -> overrides; "zero-shot" is read from the first run's zero_shot results
+    "CoOp": ["method=coop"],
+    "CoOp (class-specific)": ["method=coop_csc"],
+    "VPT-shallow": ["method=vpt"],
+    "VPT-deep": ["method=vpt_deep", "prompt.visual_depth=3"],
+    "MaPLe": ["method=maple", "prompt.text_depth=3", "prompt.visual_depth=3"],
+    "CLIP-Adapter": ["method=clip_adapter"],
+    "full fine-tuning": ["method=full_finetune", "optim.lr=FT_LR"],
+}
+VARIANTS = {  # ours: the ablations, then the full method (last)
     "text prompts": ["prompt=text", "loss=contrastive"],
     "visual prompts": ["prompt=visual", "loss=contrastive"],
     "dual prompts": ["prompt=dual", "loss=contrastive"],
     "dual + re-weighting": ["prompt=dual", "loss=reweighting"],
     "full (dual + re-weighting + negatives)": ["prompt=dual", "loss=dcar"],
 }
+ROWS = {**BASELINES, **VARIANTS}
+FULL = list(VARIANTS)[-1]
 METRICS = ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5", "rsum")
+COSTS = ("trainable_parameters", "artifact_bytes", "train_seconds")
 log = logging.getLogger("benchmarks.quality")
 
 
 def run(setting: str, variant: str, seed: int, out: Path, extra: list[str],
         zero_shot: bool) -> dict:
-    overrides = ["experiment=world", SETTINGS[setting], *VARIANTS[variant], f"seed={seed}",
+    overrides = ["experiment=world", SETTINGS[setting], *ROWS[variant], f"seed={seed}",
                  "logger=none",
                  "trainer.enable_progress_bar=false", f"eval_zero_shot={zero_shot}", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = OmegaConf.to_object(compose(config_name="train", overrides=overrides))
-    run_dir = out / "runs" / setting / variant.split(" (")[0].replace(" ", "_") / f"seed{seed}"
+    run_dir = out / "runs" / _slug(setting) / _slug(variant) / f"seed{seed}"
     start = time.time()
     results = train(cfg, run_dir)
     return {"setting": setting, "variant": variant, "seed": seed, "overrides": overrides,
@@ -55,7 +71,12 @@ def run(setting: str, variant: str, seed: int, out: Path, extra: list[str],
             "zero_shot": results["zero_shot"]["AVG"] if zero_shot else None,
             "per_domain": results["test"], "epochs_trained": results["epochs_trained"],
             "trainable_parameters": results["trainable_parameters"],
+            "artifact_bytes": results["artifact_bytes"], "train_seconds": results["train_seconds"],
             "seconds": round(time.time() - start, 1)}
+
+
+def _slug(name: str) -> str:
+    return "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -66,13 +87,17 @@ def summarize(runs: list[dict]) -> dict:
             continue
         # the frozen CLIP is deterministic: one zero-shot evaluation per setting
         rows[setting] = {"zero-shot": _stats([r["zero_shot"] for r in mine if r["zero_shot"]])}
-        for variant in VARIANTS:
-            rows[setting][variant] = _stats([r["test"] for r in mine if r["variant"] == variant])
+        for variant in ROWS:
+            done = [r for r in mine if r["variant"] == variant]
+            if done:
+                rows[setting][variant] = _stats([r["test"] for r in done], done)
     return rows
 
 
-def _stats(results: list[dict]) -> dict:
+def _stats(results: list[dict], runs: list[dict] = ()) -> dict:
     out = {"n": len(results)}
+    for c in COSTS:
+        out[c] = statistics.fmean(r[c] for r in runs) if runs else 0
     for m in METRICS:
         values = [r[m] for r in results]
         out[m] = {"mean": statistics.fmean(values) if values else float("nan"),
@@ -83,38 +108,68 @@ def _stats(results: list[dict]) -> dict:
 def markdown(summary: dict, meta: dict) -> str:
     lines = ["# Offline quality benchmark (procedural world, small pretrained CLIP)", "",
              f"Test Recall@K (%), mean +- std over seeds {meta['seeds']}; best epoch chosen on "
-             "validation RSUM. Generated by `python benchmarks/quality.py`; "
-             f"git {meta['git_revision']}, torch {meta['versions']['torch']}, open_clip "
-             f"{meta['versions']['open_clip_torch']}.", ""]
+             "validation RSUM, never on test. Every row trains with the same data, model, "
+             "schedule (`experiment=world`) and seeds. Generated by `python "
+             f"benchmarks/quality.py`; git {meta['git_revision']}, torch "
+             f"{meta['versions']['torch']}, open_clip {meta['versions']['open_clip_torch']}.",
+             "", "Last column: the full method minus the row, R@1 image->text / text->image, "
+             "and that gap in standard deviations of the row (a gap > 2 sd is the issue's bar).",
+             ""]
     for setting, rows in summary.items():
-        full = rows[list(VARIANTS)[-1]]
-        lines += [f"## {setting}", "", "| variant | " + " | ".join(METRICS) +
-                  " | full - variant, R@1 i2t / t2i (in std of the variant) |",
-                  "|---|" + "---:|" * (len(METRICS) + 1)]
+        full = rows.get(FULL)
+        lines += [f"## {setting}", "",
+                  "| method | " + " | ".join(METRICS) + " | trainable params | file | train s |"
+                  " full - row, R@1 i2t / t2i |", "|---|" + "---:|" * (len(METRICS) + 4)]
         for variant, stats in rows.items():
             cells = " | ".join(f"{stats[m]['mean']:.2f} +- {stats[m]['std']:.2f}" for m in METRICS)
+            costs = (f"{stats['trainable_parameters']:,.0f} | {_size(stats['artifact_bytes'])} | "
+                     f"{stats['train_seconds']:.0f}") if variant != "zero-shot" else "0 | - | 0"
             gaps = []
             for m in ("i2t_R@1", "t2i_R@1"):
+                if full is None:
+                    break
                 d, s = full[m]["mean"] - stats[m]["mean"], stats[m]["std"]
                 gaps.append(f"{d:+.2f}" + (f" ({d / s:+.1f} sd)" if s > 0 else ""))
-            lines.append(f"| {variant} | {cells} | {' / '.join(gaps)} |")
+            lines.append(f"| {variant} | {cells} | {costs} | {' / '.join(gaps)} |")
+        if full is not None:
+            lines += ["", _versus_best_baseline(rows, full)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _versus_best_baseline(rows: dict, full: dict) -> str:
+    """The full method against the best baseline (zero-shot included) in each direction."""
+    out = []
+    for m, label in (("i2t_R@1", "image->text"), ("t2i_R@1", "text->image")):
+        candidates = {n: r for n, r in rows.items() if n == "zero-shot" or n in BASELINES}
+        best = max(candidates, key=lambda n: candidates[n][m]["mean"])
+        d = full[m]["mean"] - candidates[best][m]["mean"]
+        spread = (full[m]["std"] ** 2 + candidates[best][m]["std"] ** 2) ** 0.5
+        out.append(f"{label} R@1: full {full[m]['mean']:.2f} vs best baseline {best} "
+                   f"{candidates[best][m]['mean']:.2f}: {d:+.2f} (combined sd {spread:.2f})")
+    return "Full method vs the best baseline: " + "; ".join(out) + "."
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(summary), figsize=(9 * len(summary), 5), squeeze=False)
     for ax, (setting, rows) in zip(axes[0], summary.items()):
         names = list(rows)
         for j, m in enumerate(("i2t_R@1", "t2i_R@1")):
             xs = [i + (j - 0.5) * 0.38 for i in range(len(names))]
             ax.bar(xs, [rows[n][m]["mean"] for n in names], 0.38,
                    yerr=[rows[n][m]["std"] for n in names], capsize=3, label=m)
-        ax.set_xticks(range(len(names)), [n.split(" (")[0] for n in names], rotation=25,
-                      ha="right", fontsize=8)
+        ax.set_xticks(range(len(names)), [n.replace(" (dual + re-weighting + negatives)", "")
+                                          for n in names], rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{setting}: test R@1 (%)")
         ax.legend()
     fig.tight_layout()
@@ -127,23 +182,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--settings", nargs="+", default=["in-domain", "cross-domain"],
                         choices=list(SETTINGS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
+                        metavar="ROW", help=f"rows to run (default all): {list(ROWS)}")
     parser.add_argument("--quick", action="store_true", help="1 epoch per run (smoke test)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     register_configs()
     extra = list(args.overrides) + (["trainer.max_epochs=1"] if args.quick else [])
-    runs_file = args.out / "quality_runs.json"
-    runs = json.loads(runs_file.read_text()) if runs_file.is_file() else []
-    done = {(r["setting"], r["variant"], r["seed"]) for r in runs}
-    for setting in args.settings:
+    runs = []
+    for setting in args.settings:  # one runs file per setting: settings can run in parallel
+        runs_file = args.out / f"quality_runs_{_slug(setting)}.json"
+        if runs_file.is_file():
+            runs += [r for r in json.loads(runs_file.read_text()) if r["setting"] == setting]
+        done = {(r["setting"], r["variant"], r["seed"]) for r in runs}
         for seed in args.seeds:
-            for variant in VARIANTS:
+            for variant in args.rows:
                 if (setting, variant, seed) in done:  # resumable: finished runs are kept
                     continue
                 first = not any(r["setting"] == setting and r["zero_shot"] for r in runs)
                 runs.append(run(setting, variant, seed, args.out, extra, zero_shot=first))
-                write_json(runs_file, runs)
+                write_json(runs_file, [r for r in runs if r["setting"] == setting])
                 log.info("%s / %s / seed %d: %s", setting, variant, seed, runs[-1]["test"])
     meta = {"seeds": args.seeds, "extra_overrides": extra, "git_revision": git_revision(),
             "versions": versions()}

@@ -47,7 +47,8 @@ def test_fdrd_in_domain_and_cross_domain_splits():
     assert set(cross.train_domains) | set(cross.test_domains) == set(FDRD_DOMAINS)
 
 
-@pytest.mark.parametrize("group", ["prompt", "loss", "optim", "trainer", "logger", "model"])
+@pytest.mark.parametrize("group", ["method", "prompt", "loss", "optim", "trainer", "logger",
+                                   "model"])
 def test_every_group_option_composes(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
         OmegaConf.to_object(_compose("train", [f"{group}={option}"]))
@@ -95,3 +96,18 @@ def test_wheel_ships_the_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"dualprompt/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
     assert "dualprompt/conf/train.yaml" in shipped and shipped <= names
+
+
+def test_fdrd_recipe_commands_compose_and_pick_their_method():
+    """benchmarks/fdrd/run.sh: each line composes (GPU trainer included) into its method."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fdrd" / "run.sh"
+    lines = [line for line in script.read_text().splitlines()
+             if line.startswith("python -m dualprompt.train")]
+    common = ["dataset=fdrd", "model=vit_b_32", "trainer=gpu", "trainer.precision=bf16-mixed",
+              "logger=csv"]
+    methods = {p.stem for p in (CONF / "method").glob("*.yaml")}
+    assert len(lines) == len(methods)
+    for line in lines:
+        method = line.split()[3].split("=")[1]
+        cfg = OmegaConf.to_object(_compose("train", [f"method={method}", *common]))
+        assert cfg.method.name == method and cfg.model.pretrained == "openai"
