@@ -15,7 +15,7 @@ from open_clip.model import CLIP
 from . import towers
 from .config import PromptConfig, SubcategoryQuery
 from .prompts import AttributePrompts, FeatureAdapter, SubcategoryPrompts, VisualPrompts
-from .tokens import fit_to_window
+from .tokens import fit_to_window, length_groups
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,14 @@ class DualPromptCLIP(nn.Module):
         tokenizer: tokenizes `config.attribute_init`; open_clip's default tokenizer if None.
         trim_context: drop padding columns after the batch's longest caption (exact under
             the causal text mask; a large saving on short captions).
+        length_buckets: with `trim_context`, encode a batch's captions in this many groups of
+            similar length, each trimmed to its own longest caption (exact, as above); 1: one
+            group.
     """
 
     def __init__(self, clip: nn.Module, config: Optional[PromptConfig] = None, *,
-                 tokenizer: Optional[Tokenizer] = None, trim_context: bool = True) -> None:
+                 tokenizer: Optional[Tokenizer] = None, trim_context: bool = True,
+                 length_buckets: int = 4) -> None:
         super().__init__()
         towers.check_supported(clip)
         config = config if config is not None else PromptConfig()
@@ -45,6 +49,9 @@ class DualPromptCLIP(nn.Module):
                            clip.context_length)
         self.config = config
         self.trim_context = trim_context and clip.attn_mask is not None
+        if length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {length_buckets}")
+        self.length_buckets = length_buckets if self.trim_context else 1
         self.clip = clip
         clip.requires_grad_(False)
         clip.eval()
@@ -107,12 +114,21 @@ class DualPromptCLIP(nn.Module):
         return self
 
     def encode_text(self, text: Tensor, normalize: bool = False,
-                    token_weights: Optional[Tensor] = None) -> Tensor:
+                    token_weights: Optional[Tensor] = None,
+                    query: Optional[Tensor] = None) -> Tensor:
         """text: (B, L) token ids from `open_clip.get_tokenizer`. Returns (B, D).
 
         token_weights: optional (B, L) per-token scale of the caption's token embeddings
         (training-time dynamic re-weighting, see `dualprompt.reweighting`); None at inference.
+        query: optional (B, Dq) `text_query(text)`, to reuse it; computed here if None.
         """
+        features = self._by_length(self._encode_text, text, token_weights, query)
+        if self.text_adapter is not None:
+            features = self.text_adapter(features)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _encode_text(self, text: Tensor, token_weights: Optional[Tensor],
+                     query: Optional[Tensor]) -> Tensor:
         clip, n_prompt = self.clip, self.config.text_length
         eot = towers.eot_index(clip, text)
         tokens, eot, _ = fit_to_window(text, eot, n_prompt, trim=self.trim_context)
@@ -121,14 +137,22 @@ class DualPromptCLIP(nn.Module):
             w = token_weights[:, :tokens.shape[1]].to(x.dtype)
             w = w.scatter(1, eot[:, None], 1.0)  # the (possibly moved) end token stays at 1
             x = x * w.unsqueeze(-1)
-        prompts, deep = self._text_prompts(tokens, eot)
+        prompts, deep = self._text_prompts(tokens, eot, query)
         if prompts is not None:
             x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)  # (B, L'+n, W)
         hidden = towers.text_hidden(clip, x, deep, prompt_start=1)
-        features = towers.pool_text(clip, hidden, eot + n_prompt)
-        if self.text_adapter is not None:
-            features = self.text_adapter(features)
-        return F.normalize(features, dim=-1) if normalize else features
+        return towers.pool_text(clip, hidden, eot + n_prompt)  # (B, D)
+
+    def _by_length(self, fn: Callable[..., Tensor], text: Tensor,
+                   *rows: Optional[Tensor]) -> Tensor:
+        """fn(text, *rows) -> (B, ...), run on `length_buckets` groups of similar length
+        (rows of `text` and of each non-None tensor in `rows` go together), rows back in order."""
+        if self.length_buckets == 1 or text.shape[0] < 2:
+            return fn(text, *rows)
+        groups = length_groups(towers.eot_index(self.clip, text), self.length_buckets)
+        out = torch.cat([fn(text[g], *(None if r is None else r[g] for r in rows))
+                         for g in groups])
+        return out[torch.argsort(torch.cat(groups))]
 
     def encode_image(self, image: Tensor, normalize: bool = False) -> Tensor:
         """image: (B, 3, H, W) preprocessed as for the wrapped CLIP. Returns (B, D)."""
@@ -156,9 +180,11 @@ class DualPromptCLIP(nn.Module):
         return image_features, text_features, self.logit_scale.exp()
 
     # -- prompts ---------------------------------------------------------------------------
-    def _text_prompts(self, tokens: Tensor, eot: Tensor) -> tuple[Optional[Tensor], list[Tensor]]:
+    def _text_prompts(self, tokens: Tensor, eot: Tensor, query: Optional[Tensor] = None
+                      ) -> tuple[Optional[Tensor], list[Tensor]]:
         """(B, L') fitted token ids -> (B, n, W) input-layer text prompts (or None) and the
-        deep attribute vectors of layers 2..J, each (k, W) or, class-specific, (B, k, W)."""
+        deep attribute vectors of layers 2..J, each (k, W) or, class-specific, (B, k, W).
+        query: (B, Dq) the pool query if already known."""
         parts, deep = [], []
         if self.attribute is not None:
             if self.attribute.class_specific:
@@ -170,7 +196,9 @@ class DualPromptCLIP(nn.Module):
                 parts.append(vectors[0].unsqueeze(0).expand(tokens.shape[0], -1, -1))
                 deep = list(vectors[1:])
         if self.subcategory is not None:
-            parts.append(self.subcategory(self.subcategory_query(tokens, eot)))
+            if query is None:
+                query = self.subcategory_query(tokens, eot)
+            parts.append(self.subcategory(query))
         return (torch.cat(parts, dim=1) if parts else None), deep
 
     @torch.no_grad()
@@ -189,6 +217,31 @@ class DualPromptCLIP(nn.Module):
             first = torch.where(hit.any(1), ids[hit.int().argmax(1)], -1)
             found = torch.where(found < 0, first, found)
         return found
+
+    @torch.no_grad()
+    def text_query(self, text: Tensor, token_features: Optional[Tensor] = None
+                   ) -> Optional[Tensor]:
+        """The pool query of each caption, from (B, L) token ids: (B, Dq); None without a pool.
+
+        token_features: (B, L'', D) frozen per-position features of `text`
+        (`reweighting.frozen_token_features`): a FEATURE query is read from them at the end
+        token instead of running the frozen text tower again (unless a caption is cut to fit
+        the prompts, which changes its tokens).
+        """
+        if self.subcategory is None:
+            return None
+        eot = towers.eot_index(self.clip, text)
+        if (token_features is not None
+                and self.config.subcategory_query == SubcategoryQuery.FEATURE
+                and bool((eot < text.shape[1] - self.config.text_length).all())):
+            return token_features[torch.arange(text.shape[0], device=text.device), eot]
+
+        def query(text: Tensor) -> Tensor:
+            eot = towers.eot_index(self.clip, text)
+            tokens, eot, _ = fit_to_window(text, eot, self.config.text_length,
+                                           trim=self.trim_context)
+            return self.subcategory_query(tokens, eot)
+        return self._by_length(query, text)
 
     @torch.no_grad()
     def subcategory_query(self, tokens: Tensor, eot: Tensor) -> Tensor:

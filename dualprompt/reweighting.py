@@ -20,15 +20,38 @@ from .tokens import fit_to_window
 
 
 @torch.no_grad()
+def frozen_token_features(clip: nn.Module, tokens: Tensor) -> Tensor:
+    """Frozen text features at every position: (B, L) ids -> (B, L', D), trimmed after the
+    longest caption when the text mask is causal. Position `eot` holds the caption's plain
+    CLIP text feature."""
+    eot = towers.eot_index(clip, tokens)
+    fitted, _, _ = fit_to_window(tokens, eot, 0, trim=clip.attn_mask is not None)
+    return towers.frozen_text_features(clip, fitted, per_position=True)
+
+
+@torch.no_grad()
+def blank_image_features(clip: nn.Module, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """(1, D) frozen features of the mean-colour image (zeros after normalisation)."""
+    weight = clip.visual.conv1.weight
+    blank = torch.zeros(1, 3, *clip.visual.image_size, device=weight.device,
+                        dtype=dtype or weight.dtype)
+    return clip.encode_image(blank)
+
+
+@torch.no_grad()
 def token_weights(clip: nn.Module, tokens: Tensor, images: Optional[Tensor] = None, *,
                   image_features: Optional[Tensor] = None, strength: float = 1.0,
-                  eps: float = 1e-6) -> Tensor:
+                  eps: float = 1e-6, blank_features: Optional[Tensor] = None,
+                  token_features: Optional[Tensor] = None) -> Tensor:
     """Per-token weights of the dynamic re-weighting, from the frozen CLIP.
 
     clip: the frozen open_clip `CLIP` (for a `DualPromptCLIP`, pass `model.clip`).
     tokens: (B, L) caption token ids; images: (B, 3, H, W) the paired, preprocessed images
         (or image_features: (B, D) their frozen features, to reuse them).
     strength: s in [0, 1]; returns 1 + s * (w - 1), so 0 switches re-weighting off.
+    blank_features: (1, D) `blank_image_features(clip)`, to reuse them (a constant of a
+        frozen CLIP); token_features: (B, L', D) `frozen_token_features(clip, tokens)`, to
+        share that text pass with other frozen uses of the same captions.
     Returns (B, L) weights, 1 outside the content tokens.
     """
     if not 0.0 <= strength <= 1.0:
@@ -38,14 +61,13 @@ def token_weights(clip: nn.Module, tokens: Tensor, images: Optional[Tensor] = No
             raise ValueError("pass images or image_features")
         image_features = clip.encode_image(images)
     device = tokens.device
-    image_size = clip.visual.image_size
-    blank = torch.zeros(1, 3, *image_size, device=device, dtype=image_features.dtype)
-    blank_features = clip.encode_image(blank)  # (1, D)
-
+    if blank_features is None:
+        blank_features = blank_image_features(clip, image_features.dtype)
+    if token_features is None:
+        token_features = frozen_token_features(clip, tokens)
     eot = towers.eot_index(clip, tokens)
-    fitted, eot, seq_len = fit_to_window(tokens, eot, 0, trim=clip.attn_mask is not None)
-    per_token = F.normalize(towers.frozen_text_features(clip, fitted, per_position=True).float(),
-                            dim=-1)  # (B, L', D)
+    seq_len = token_features.shape[1]
+    per_token = F.normalize(token_features.float(), dim=-1)  # (B, L', D)
     s_image = torch.einsum("bld,bd->bl", per_token, F.normalize(image_features.float(), dim=-1))
     s_blank = per_token @ F.normalize(blank_features.float(), dim=-1)[0]  # (B, L')
     raw = (s_image - s_blank).abs()

@@ -27,3 +27,15 @@ def fit_to_window(tokens: Tensor, eot: Tensor, prompt_length: int,
     if trim:
         keep = min(keep, int(eot.max()) + 1)
     return tokens[:, :keep], eot, keep + prompt_length
+
+
+def length_groups(eot: Tensor, groups: int) -> list[Tensor]:
+    """Split a batch into at most `groups` groups of captions of similar length.
+
+    eot: (B,) end-token positions. Returns index tensors (ascending length, sizes differing by
+    at most one) that together hold every row once. Encoding each group trimmed to its own
+    longest caption is exact under a causal text mask, and cheaper than padding every caption
+    to the batch's longest.
+    """
+    order = torch.argsort(eot, stable=True)  # (B,)
+    return list(order.tensor_split(max(1, min(groups, eot.shape[0]))))

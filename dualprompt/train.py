@@ -133,7 +133,8 @@ def _build_model(cfg: TrainConfig, clip: LoadedClip, data: RetrievalDataModule) 
                              f"(FDRD class_name); dataset {cfg.dataset.name!r} has none")
         prompt = dataclasses.replace(prompt, class_names=names)
     model = DualPromptCLIP(clip.model, prompt, tokenizer=clip.tokenizer,
-                           trim_context=cfg.model.trim_context)
+                           trim_context=cfg.model.trim_context,
+                           length_buckets=cfg.model.length_buckets)
     if cfg.method.trains == "all":
         model.clip.requires_grad_(True)
     return model

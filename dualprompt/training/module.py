@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..losses import (category_loss, category_weights, contrastive_loss,
                       gathered_contrastive_loss)
 from ..metrics import summarize_domains
-from ..reweighting import token_weights
+from ..reweighting import blank_image_features, frozen_token_features, token_weights
 from .retrieval_metric import RetrievalRecall
 from .schedule import warmup_cosine
 from .schema import LossConfig, OptimConfig
@@ -24,13 +24,20 @@ class PromptRetrievalModule(L.LightningModule):
 
     model: a `DualPromptCLIP`, or any open_clip-like model for evaluation only (zero-shot).
     Checkpoints hold the learned tensors only (plus optimizer and scheduler state).
+    share_frozen_text: with re-weighting, one frozen text pass over the positives serves the
+        token weights and the prompt-pool query of both positive passes (exact).
+    cache_blank_image: compute the blank-image features of the re-weighting once, while the
+        CLIP is frozen (exact).
     """
 
     def __init__(self, model: nn.Module, *, loss: Optional[LossConfig] = None,
                  optim: Optional[OptimConfig] = None, val_domains: Sequence[str] = (),
-                 test_domains: Sequence[str] = ()) -> None:
+                 test_domains: Sequence[str] = (), share_frozen_text: bool = True,
+                 cache_blank_image: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.share_frozen_text, self.cache_blank_image = share_frozen_text, cache_blank_image
+        self._blank_features: Optional[Tensor] = None
         self.loss_cfg = loss or LossConfig()
         self.optim_cfg = optim or OptimConfig()
         self.val_domains, self.test_domains = list(val_domains), list(test_domains)
@@ -45,34 +52,50 @@ class PromptRetrievalModule(L.LightningModule):
         model, cfg = self.model, self.loss_cfg
         images, tokens = batch["image"], batch["tokens"]
         image_features = model.encode_image(images, normalize=True)  # (B, D)
-        weights = None
+        weights = query = None
         if cfg.reweighting:
             frozen = image_features if model.visual_prompts is None else None
+            shared = frozen_token_features(model.clip, tokens) if self.share_frozen_text else None
             weights = token_weights(model.clip, tokens, images, image_features=frozen,
-                                    strength=cfg.reweighting_strength)
-        text_features = model.encode_text(tokens, normalize=True, token_weights=weights)
+                                    strength=cfg.reweighting_strength,
+                                    blank_features=self._blank(), token_features=shared)
+            if shared is not None:
+                query = model.text_query(tokens, shared)
+        text_features = model.encode_text(tokens, normalize=True, token_weights=weights,
+                                          query=query)
         scale = model.logit_scale.exp().float()
         total = torch.zeros((), device=images.device)
         if cfg.contrastive:
             loss_con = self._contrastive(image_features, text_features, scale)
             self.log("train/loss_con", loss_con)
             total = total + loss_con
-        if cfg.category_weight > 0 and bool(batch["negative_mask"].any()):
+        if (cfg.category_negatives and cfg.category_weight > 0
+                and bool(batch["negative_mask"].any())):
             # with re-weighting on, the positive of L_cate is re-encoded unweighted (with the
             # negatives, in one pass): weighted positives against unweighted negatives would
             # let the prompts separate them by the weighting instead of by the content
             positive = None if weights is None else batch["tokens"]
             loss_cate = self._category_loss(batch, image_features, text_features, scale,
-                                            positive_tokens=positive)
+                                            positive_tokens=positive, positive_query=query)
             self.log("train/loss_cate", loss_cate)
             total = total + cfg.category_weight * loss_cate
         if not total.requires_grad:
             raise RuntimeError("no loss term is switched on (loss.contrastive=false and no "
-                               "negatives / loss.category_weight=0)")
+                               "negatives / loss.category_negatives=false)")
         if not torch.isfinite(total.detach()):
             raise FloatingPointError(self._non_finite_message(total))
         self.log("train/loss", total, prog_bar=True)
         return total
+
+    def _blank(self) -> Optional[Tensor]:
+        """The re-weighting's blank-image features, computed once while the CLIP is frozen
+        (None: `token_weights` computes them)."""
+        clip = self.model.clip
+        if not self.cache_blank_image or any(p.requires_grad for p in clip.parameters()):
+            return None
+        if self._blank_features is None or self._blank_features.device != self.device:
+            self._blank_features = blank_image_features(clip)
+        return self._blank_features
 
     def _non_finite_message(self, total: Tensor) -> str:
         paths = ([p for cb in self.trainer.checkpoint_callbacks
@@ -100,13 +123,17 @@ class PromptRetrievalModule(L.LightningModule):
 
     def _category_loss(self, batch: dict[str, Tensor], image_features: Tensor,
                        text_features: Tensor, scale: Tensor,
-                       positive_tokens: Optional[Tensor] = None) -> Tensor:
+                       positive_tokens: Optional[Tensor] = None,
+                       positive_query: Optional[Tensor] = None) -> Tensor:
         mask = batch["negative_mask"]  # (B, K)
         b, k, _ = batch["negative_tokens"].shape
         tokens = batch["negative_tokens"][mask]
+        query = None
+        if positive_tokens is not None and positive_query is not None:
+            query = torch.cat([positive_query, self.model.text_query(tokens)])
         if positive_tokens is not None:
             tokens = torch.cat([positive_tokens, tokens])
-        encoded = self.model.encode_text(tokens, normalize=True)
+        encoded = self.model.encode_text(tokens, normalize=True, query=query)
         if positive_tokens is not None:
             text_features, encoded = encoded[:b], encoded[b:]
         negatives = encoded.new_zeros(b, k, encoded.shape[-1])

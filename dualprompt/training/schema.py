@@ -50,7 +50,8 @@ class ModelConfig:
     config_file: Optional[str] = None  # extra open_clip model-config JSON (custom architecture)
     precision: str = "fp32"  # weights of the frozen CLIP: fp32 | fp16 | bf16
     cache_dir: Optional[str] = None
-    trim_context: bool = True
+    trim_context: bool = True  # drop text columns after the batch's longest caption (exact)
+    length_buckets: int = 4  # with trim_context: encode captions in groups of similar length
     pretrain: Optional[str] = None  # "world": pretrain the offline world's small CLIP if missing
     pretrain_args: Any = None  # {field: value} of dualprompt.world.PretrainConfig
 
@@ -58,7 +59,8 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     contrastive: bool = True  # symmetric InfoNCE over the batch (L_con)
-    category_weight: float = 1.0  # lambda of L_cate; 0 switches the negatives off
+    category_negatives: bool = True  # category-aware hard negatives (L_cate)
+    category_weight: float = 1.0  # lambda of L_cate
     alpha: float = 0.5  # negatives of the image's category weigh 1 + alpha
     category_level: str = "fine"  # fine (class) | meta (meta-category)
     reweighting: bool = True  # dynamic token re-weighting of the positive captions
