@@ -30,7 +30,7 @@ def test_main_command_builds_world_pretrains_and_prompts_beat_zero_shot(tmp_path
     prompted, zero = results["val"]["AVG"], results["zero_shot_val"]["AVG"]
     assert prompted["rsum"] > zero["rsum"], (prompted, zero)
     log = proc.stdout + proc.stderr
-    assert "| critters | zero-shot |" in log and "| critters | prompted |" in log  # the table
+    assert "| critters | zero-shot |" in log and "| critters | dualprompt |" in log  # the table
     assert "building domain" in log and "pretraining the world CLIP" in log
 
     # a second run reuses the cached world and CLIP (no rebuild, no pretraining)
