@@ -132,7 +132,9 @@ def markdown(summary: dict, meta: dict) -> str:
                     break
                 d, s = full[m]["mean"] - stats[m]["mean"], stats[m]["std"]
                 gaps.append(f"{d:+.2f}" + (f" ({d / s:+.1f} sd)" if s > 0 else ""))
-            lines.append(f"| {variant} | {cells} | {costs} | {' / '.join(gaps)} |")
+            runs = "" if variant == "zero-shot" or stats["n"] == len(meta["seeds"]) else \
+                f" ({stats['n']} of {len(meta['seeds'])} seeds)"
+            lines.append(f"| {variant}{runs} | {cells} | {costs} | {' / '.join(gaps)} |")
         if full is not None:
             lines += ["", _versus_best_baseline(rows, full)]
         lines.append("")
@@ -187,6 +189,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
                         metavar="ROW", help=f"rows to run (default all): {list(ROWS)}")
     parser.add_argument("--quick", action="store_true", help="1 epoch per run (smoke test)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rebuild the tables from the runs files")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -200,7 +204,7 @@ def main() -> None:
         done = {(r["setting"], r["variant"], r["seed"]) for r in runs}
         for seed in args.seeds:
             for variant in args.rows:
-                if (setting, variant, seed) in done:  # resumable: finished runs are kept
+                if (setting, variant, seed) in done or args.report_only:  # resumable
                     continue
                 first = not any(r["setting"] == setting and r["zero_shot"] for r in runs)
                 runs.append(run(setting, variant, seed, args.out, extra, zero_shot=first))

@@ -276,6 +276,10 @@ def main() -> None:
     }
     previous = args.out / f"{args.name}.json"
     previous = json.loads(previous.read_text()) if previous.is_file() else {}
+    missing = [s for s in SECTIONS if s not in args.only and s not in previous]
+    if missing:
+        parser.error(f"--only leaves out {missing}, and {args.out / args.name}.json has none "
+                     "to keep: measure them too")
     stamp = {"git_revision": result["git_revision"], "threads": result["threads"],
              "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     measure = {"training": lambda: training(meter, clip, batch, reps),
