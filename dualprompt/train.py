@@ -48,8 +48,10 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     method = cfg.method
     if method.trains not in ("prompts", "all", "none"):
         raise ValueError(f"method.trains must be prompts, all or none, got {method.trains!r}")
-    L.seed_everything(cfg.seed, workers=True)
     prepare_offline_assets(cfg.dataset, cfg.model)
+    # seeded after the assets: building them (pretraining reseeds and draws from torch's
+    # generator) must not make a first run differ from a run on the cache
+    L.seed_everything(cfg.seed, workers=True)
     clip = _load(cfg)
     data = RetrievalDataModule(
         cfg.dataset, tokenizer=clip.tokenizer, train_transform=clip.preprocess_val,

@@ -273,21 +273,34 @@ def _train(model: torch.nn.Module, tokenizer, config: PretrainConfig) -> tuple[l
 def pretrain_clip(out_dir: str | Path, config: PretrainConfig | None = None) -> dict:
     """Train the tiny CLIP and write it (see module docstring). Returns the metrics dict.
 
-    Seeds torch's global generator with `config.seed` (open_clip initialises from it); restores
-    the caller's torch thread count afterwards.
+    Runs on torch's global generator seeded with `config.seed` (open_clip initialises from it),
+    then gives the caller back its generator state and torch thread count.
     """
     import open_clip
-
-    from .probe import probe_pretrain_attributes
 
     config = config or PretrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     caller_threads = torch.get_num_threads()
-    torch.manual_seed(config.seed)
-    model = open_clip.CLIP(**config.model.model_cfg())
-    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config.model.context_length)
-    log.info("tiny CLIP: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = open_clip.CLIP(**config.model.model_cfg())
+        tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=config.model.context_length)
+        log.info("tiny CLIP: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+        metrics, seconds = _train_and_measure(model, tokenizer, config, caller_threads)
+    log.info("held-out R@1 i2t %.3f t2i %.3f (chance %.4f); %.0fs", metrics["heldout"]["image_to_text_r1"],
+             metrics["heldout"]["text_to_image_r1"], metrics["heldout"]["chance"], seconds)
+    _write_model(model, out, config)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    (out / MANIFEST_FILE).write_text(json.dumps(_manifest(config), indent=1))
+    return metrics
+
+
+def _train_and_measure(model: torch.nn.Module, tokenizer, config: PretrainConfig,
+                       caller_threads: int) -> tuple[dict, float]:
+    """Pretraining plus its held-out recall and probes; the thread count is restored."""
+    from .probe import probe_pretrain_attributes
+
     try:
         losses, seconds, threads = _train(model, tokenizer, config)
         metrics = {
@@ -303,12 +316,7 @@ def pretrain_clip(out_dir: str | Path, config: PretrainConfig | None = None) -> 
                                                           config.model.image_size)
     finally:
         torch.set_num_threads(caller_threads)
-    log.info("held-out R@1 i2t %.3f t2i %.3f (chance %.4f); %.0fs", metrics["heldout"]["image_to_text_r1"],
-             metrics["heldout"]["text_to_image_r1"], metrics["heldout"]["chance"], seconds)
-    _write_model(model, out, config)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-    (out / MANIFEST_FILE).write_text(json.dumps(_manifest(config), indent=1))
-    return metrics
+    return metrics, seconds
 
 
 def is_cached(cache_dir: str | Path, config: PretrainConfig | None = None) -> bool:
