@@ -151,7 +151,7 @@ def markdown(summary: dict, meta: dict) -> str:
                 f" ({stats['n']} of {len(meta['seeds'])} seeds)"
             lines.append(f"| {variant}{runs} | {cells} | {costs} | {' / '.join(gaps)} |")
         if full is not None:
-            lines += ["", _versus_best_baseline(rows, full)]
+            lines += ["", _versus_best_baseline(rows, full), "", _against_targets(rows, full)]
         top = meta.get("ceiling", {}).get(setting)
         if top:
             lines += ["", f"Task ceiling: a perfect reader of every attribute, breaking ties at "
@@ -174,6 +174,23 @@ def _versus_best_baseline(rows: dict, full: dict) -> str:
         out.append(f"{label} R@1: full {full[m]['mean']:.2f} vs best baseline {best} "
                    f"{candidates[best][m]['mean']:.2f}: {d:+.2f} (combined sd {spread:.2f})")
     return "Full method vs the best baseline: " + "; ".join(out) + "."
+
+
+def _against_targets(rows: dict, full: dict) -> str:
+    """The issue's bars, met or not: > 10 R@1 points over zero-shot in both directions, and
+    > 2 sd (of the variant) over every ablation in at least one direction."""
+    r1 = ("i2t_R@1", "t2i_R@1")
+    gain = [full[m]["mean"] - rows["zero-shot"][m]["mean"] for m in r1]
+    out = [f"over zero-shot {gain[0]:+.2f} / {gain[1]:+.2f} "
+           f"({'met' if min(gain) > 10 else 'not met'})"]
+    for name in [v for v in VARIANTS if v != FULL and v in rows]:
+        gaps = [(full[m]["mean"] - rows[name][m]["mean"], rows[name][m]["std"]) for m in r1]
+        met = any(s > 0 and d > 2 * s for d, s in gaps)
+        out.append(f"over {name} " + " / ".join(
+            f"{d:+.2f}" + (f" ({d / s:.1f} sd)" if s > 0 else "") for d, s in gaps)
+            + f" ({'met' if met else 'not met'})")
+    return ("Targets (full method, R@1 image->text / text->image; > 10 points over zero-shot in "
+            "both directions, > 2 sd over each ablation in at least one): " + "; ".join(out) + ".")
 
 
 def _size(n: float) -> str:
