@@ -91,20 +91,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         else:
             results["prompt_file"] = str(artifact)
             model.load_state_dict(load_file(str(artifact)), strict=False)  # the best prompts
-    if data.val_domains():
-        tester.validate(module, datamodule=data, verbose=False)
-        results["val"] = module.val_results
-        if cfg.eval_zero_shot:
-            if module is not zero_shot:
-                tester.validate(zero_shot, datamodule=data, verbose=False)
-            results["zero_shot_val"] = zero_shot.val_results
-    if cfg.test and data.test_domains():
-        tester.test(module, datamodule=data, verbose=False)
-        results["test"] = module.test_results
-        if cfg.eval_zero_shot:
-            if module is not zero_shot:
-                tester.test(zero_shot, datamodule=data, verbose=False)
-            results["zero_shot"] = zero_shot.test_results
+    results.update(_evaluate(cfg, tester, data, module, zero_shot))
     results.update(elapsed_s=round(time.time() - start, 1), config=config, versions=versions(),
                    git_revision=git_revision())
     if tester.is_global_zero:
@@ -117,6 +104,24 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         if method.trains != "none":
             _log_artifact(logger, artifact, cfg)
     return results
+
+
+def _evaluate(cfg: TrainConfig, tester: L.Trainer, data: RetrievalDataModule,
+              module: PromptRetrievalModule, zero_shot: PromptRetrievalModule) -> dict:
+    """The best model, and the zero-shot CLIP when asked, on the val and test splits."""
+    out = {}
+    stages = [("val", "zero_shot_val", data.val_domains(), tester.validate),
+              ("test", "zero_shot", cfg.test and data.test_domains(), tester.test)]
+    for key, zero_key, domains, run in stages:
+        if not domains:
+            continue
+        run(module, datamodule=data, verbose=False)
+        out[key] = getattr(module, f"{key}_results")
+        if cfg.eval_zero_shot:
+            if module is not zero_shot:
+                run(zero_shot, datamodule=data, verbose=False)
+            out[zero_key] = getattr(zero_shot, f"{key}_results")
+    return out
 
 
 def _load(cfg: TrainConfig) -> LoadedClip:
