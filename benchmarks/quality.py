@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import time
 from pathlib import Path
@@ -85,7 +84,7 @@ def task_ceiling(setting: str) -> dict | None:
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(config_name="train", overrides=["experiment=world", SETTINGS[setting]])
     try:
-        return ceiling(os.path.expanduser(cfg.dataset.root), list(cfg.dataset.test_domains))
+        return ceiling(cfg.dataset.root, list(cfg.dataset.test_domains))  # expands ~
     except FileNotFoundError:
         return None
 

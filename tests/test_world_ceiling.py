@@ -24,12 +24,15 @@ def test_mentioned_reads_every_instance_attribute_of_every_template(wording):
                                               ("dark", "large", "center", "stone"),
                                               ("dark", "small", "bottom", "sky")]:
         obj = ObjectSpec("star", "red", shade, "striped", size, position, background)
-        for _ in range(6):  # both templates of the family
+        openings = set()
+        for _ in range(6):
             said = downstream_description(obj, "creature", wording, rng, ALL)
             assert mentioned(said) == {"shade": shade, "size": size, "position": position,
                                        "background": background}, said
             silent = downstream_description(obj, "creature", wording, rng, {k: 0.0 for k in ALL})
             assert mentioned(silent) == {}, silent
+            openings |= {said.split()[0], silent.split()[0]}
+        assert len(openings) == 2  # the family's two templates open differently: both were read
 
 
 def _write(tmp_path, shown: dict, captions: dict) -> None:
