@@ -1,12 +1,14 @@
 """dualprompt: dual (text + visual) prompt learning on a frozen open_clip CLIP.
 
 The core imports only torch, open_clip and safetensors; the training stack (Lightning, Hydra,
-wandb) lives in `dualprompt.train` and `dualprompt.training`.
+wandb; `pip install 'dualprompt[train]'`) lives in `dualprompt.training` and `dualprompt.cli`.
+docs/architecture.md draws the layers.
 """
 from .config import PromptConfig, SubcategoryQuery
 from .losses import category_loss, category_weights, contrastive_loss, gathered_contrastive_loss
 from .model import DualPromptCLIP
-from .prompt_file import PromptFileError, base_fingerprint, load_prompts
+from .prompt_file import PromptFileError, base_fingerprint
+from .serve import load_prompts
 from .reweighting import token_weights
 
 __version__ = "0.1.0"

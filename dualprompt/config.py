@@ -8,14 +8,26 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
-class SubcategoryQuery(str, enum.Enum):
+class StrEnum(str, enum.Enum):
+    """A mode: a `str` that compares, prints and serialises as its value.
+
+    Members are named by their values, because OmegaConf (and so Hydra) looks a config value up
+    by member name: a wrong value then fails when the config is composed, listing the names."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    __format__ = str.__format__
+
+
+class SubcategoryQuery(StrEnum):
     """What the subcategory-sensitive prompt pool is keyed on (no label needed at inference)."""
 
-    FEATURE = "feature"  # the frozen CLIP feature of the caption (one extra frozen text pass)
-    TOKENS = "tokens"  # the mean frozen token embedding of the caption (free)
-    # lower-case aliases: OmegaConf/Hydra look enum members up by name ("feature" in YAML)
-    feature = "feature"
-    tokens = "tokens"
+    feature = "feature"  # the frozen CLIP feature of the caption (one extra frozen text pass)
+    tokens = "tokens"  # the mean frozen token embedding of the caption (free)
+    # upper-case aliases, the Python spelling
+    FEATURE = "feature"
+    TOKENS = "tokens"
 
 
 @dataclass

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import open_clip
-from open_clip.model import CLIP
 
 from . import towers
 from .config import PromptConfig, SubcategoryQuery
+from .prompt_file import save_prompts
 from .prompts import AttributePrompts, FeatureAdapter, SubcategoryPrompts, VisualPrompts
 from .tokens import fit_to_window, length_groups
 
@@ -37,11 +37,13 @@ class DualPromptCLIP(nn.Module):
         length_buckets: with `trim_context`, encode a batch's captions in this many groups of
             similar length, each trimmed to its own longest caption (exact, as above); 1: one
             group.
+        train_backbone: also train every weight of the CLIP (full fine-tuning, a baseline);
+            by default the CLIP is frozen. This is the one place that (un)freezes it.
     """
 
     def __init__(self, clip: nn.Module, config: Optional[PromptConfig] = None, *,
                  tokenizer: Optional[Tokenizer] = None, trim_context: bool = True,
-                 length_buckets: int = 4) -> None:
+                 length_buckets: int = 4, train_backbone: bool = False) -> None:
         super().__init__()
         towers.check_supported(clip)
         config = config if config is not None else PromptConfig()
@@ -53,8 +55,8 @@ class DualPromptCLIP(nn.Module):
             raise ValueError(f"length_buckets must be >= 1, got {length_buckets}")
         self.length_buckets = length_buckets if self.trim_context else 1
         self.clip = clip
-        clip.requires_grad_(False)
-        clip.eval()
+        clip.requires_grad_(train_backbone)
+        clip.eval()  # dropout and patch dropout stay off, also when the backbone trains
 
         width = towers.text_width(clip)
         self.attribute = None
@@ -251,7 +253,7 @@ class DualPromptCLIP(nn.Module):
         """
         clip = self.clip
         if self.config.subcategory_query == SubcategoryQuery.FEATURE:
-            return towers.frozen_text_features(clip, tokens, eot=eot)
+            return towers.text_features(clip, tokens, eot=eot)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         content = (positions[None, :] > 0) & (positions[None, :] < eot[:, None])  # (B, L')
         emb = clip.token_embedding(tokens) * content.unsqueeze(-1)
@@ -266,7 +268,6 @@ class DualPromptCLIP(nn.Module):
 
     def save_prompts(self, path: Union[str, Path]) -> Path:
         """Write the learned tensors, the config and the base-model fingerprint (safetensors)."""
-        from .prompt_file import save_prompts
         return save_prompts(self, path)
 
 
@@ -285,7 +286,7 @@ def _class_name_tokens(class_names: list[str], tokenizer: Tokenizer) -> Tensor:
     return out
 
 
-def _word_embeddings(clip: CLIP, words: str, length: int, tokenizer: Tokenizer) -> Tensor:
+def _word_embeddings(clip: nn.Module, words: str, length: int, tokenizer: Tokenizer) -> Tensor:
     """Token embeddings of `words` without start/end tokens: (n, W), n <= length.
 
     Words longer than `length` tokens are cut to their first `length` tokens (as MaPLe does

@@ -26,7 +26,7 @@ def frozen_token_features(clip: nn.Module, tokens: Tensor) -> Tensor:
     CLIP text feature."""
     eot = towers.eot_index(clip, tokens)
     fitted, _, _ = fit_to_window(tokens, eot, 0, trim=clip.attn_mask is not None)
-    return towers.frozen_text_features(clip, fitted, per_position=True)
+    return towers.text_features(clip, fitted, per_position=True)
 
 
 @torch.no_grad()

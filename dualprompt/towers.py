@@ -160,9 +160,10 @@ def _replace(x: Tensor, prompt: Tensor, start: int) -> Tensor:
     return torch.cat([x[:, :start], _expand(prompt, x), x[:, start + k:]], dim=1)
 
 
-def frozen_text_features(clip: CLIP, tokens: Tensor, per_position: bool = False,
+def text_features(clip: CLIP, tokens: Tensor, per_position: bool = False,
                          eot: Optional[Tensor] = None) -> Tensor:
-    """Plain CLIP text features from token ids, optionally at every position.
+    """Plain CLIP text features from token ids (`CLIP.encode_text` on any window up to the
+    context length; no prompts), optionally at every position.
 
     tokens: (B, L). Returns (B, D), or (B, L, D) when per_position.
     """

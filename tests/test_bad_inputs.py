@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dualprompt import DualPromptCLIP
-from dualprompt.training.data import check_image, load_image
+from dualprompt.data.datasets import check_image, load_image
 from dualprompt.training.datamodule import RetrievalDataModule
 from dualprompt.training.schema import DatasetConfig, DomainConfig
 from tests.conftest import PROMPTS, make_tiny_clip
@@ -44,7 +44,7 @@ def data_module(root: Path, tokenizer, skip: bool = False, workers: int = 0,
 def load_everything(dm: RetrievalDataModule) -> int:
     """Iterate every loader; the number of images seen."""
     loaders = [dm.train_dataloader(), *dm.val_dataloader(), *dm.test_dataloader()]
-    return sum(len(batch["image"]) for loader in loaders for batch in loader)
+    return sum(len(batch.image) for loader in loaders for batch in loader)
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_unicode_and_control_characters_load_and_encode(toy, tokenizer, tiny_con
     dm = data_module(toy, tokenizer)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    assert (batch["tokens"].argmax(-1) > 0).all()  # every caption ends in an EOT
+    assert (batch.tokens.argmax(-1) > 0).all()  # every caption ends in an EOT
     model = DualPromptCLIP(make_tiny_clip(), PROMPTS, tokenizer=tokenizer)
     for caption in STRANGE:
         features = model.encode_text(tokenizer([caption]))
@@ -249,9 +249,9 @@ def test_captions_beyond_the_context_window_keep_their_end_token(toy, tokenizer,
     dm = data_module(toy, tokenizer)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    assert batch["tokens"].shape[-1] == 77 and (batch["tokens"][:, -1] == EOT).all()
+    assert batch.tokens.shape[-1] == 77 and (batch.tokens[:, -1] == EOT).all()
     model = DualPromptCLIP(make_tiny_clip(), PROMPTS, tokenizer=tokenizer)
-    assert torch.isfinite(model.encode_text(batch["tokens"])).all()
+    assert torch.isfinite(model.encode_text(batch.tokens)).all()
 
 
 def test_a_single_class_domain_is_counted_and_training_data_still_loads(toy, tokenizer):
@@ -264,7 +264,7 @@ def test_a_single_class_domain_is_counted_and_training_data_still_loads(toy, tok
     assert report["records_single_class"] == report["n_records"] == 9  # no class swap possible
     assert report["class_swaps"] == 0
     batch = next(iter(dm.train_dataloader()))
-    assert batch["negative_mask"].any()  # attribute swaps (same class, other description)
+    assert batch.negative_mask.any()  # attribute swaps (same class, other description)
 
 
 def test_split_overlaps_are_warned_about_and_counted(toy, tokenizer, caplog):

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from dualprompt import load_prompts
-from dualprompt.evaluate import evaluate
+from dualprompt.cli.evaluate import evaluate
 from dualprompt.loading import load_clip
 from dualprompt.metrics import retrieval_metrics
 from dualprompt.training.schema import (DataLoaderConfig, DatasetConfig, DomainConfig,

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from dualprompt import base_fingerprint, load_prompts
-from dualprompt.embed import embed
+from dualprompt.cli.embed import embed
 from dualprompt.loading import load_clip
-from dualprompt.training.embedding import InputFormat, import_faiss, read_inputs
+from dualprompt.data.embed_inputs import InputFormat, read_inputs
+from dualprompt.training.embedding import import_faiss
 from dualprompt.training.schema import EmbedConfig
 from tests.conftest import (PROMPTS, TINY_CFG, TINY_NAME, make_tiny_clip, write_prompt_file,
                             write_tiny_model)

@@ -32,7 +32,7 @@ PAUSING_CLI = """
 import os, time
 from pathlib import Path
 import hydra, lightning as L
-from dualprompt import train as cli
+from dualprompt.cli import train as cli
 from dualprompt.training.schema import register_configs
 
 EPOCH, BATCH = map(int, os.environ["PAUSE_AT"].split(","))
@@ -129,18 +129,16 @@ def test_sigterm_saves_mid_epoch_exits_143_and_resumes_exactly(toy, reference): 
     run_dir = toy["tmp"] / "sigterm"
     proc = start_paused(toy, run_dir, epoch=1, batch=1, workers=2)
     before = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
-    sent = time.monotonic()
     # to the whole process group, loader workers included, as SLURM does on preemption
     os.killpg(proc.pid, signal.SIGTERM)
     returncode = proc.wait(timeout=60)
-    elapsed = time.monotonic() - sent
     log = (run_dir.parent / "sigterm.log").read_text()
     assert returncode == 143, log[-3000:]  # not 0: the run did not finish
-    assert elapsed < 30, elapsed  # it stops at the next batch, it does not finish the epoch
     assert "stopped by SIGTERM" in log and f"hydra.run.dir={run_dir} ckpt_path=last" in log
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns > before
     saved = checkpoint(run_dir)
-    assert (saved["epoch"], saved["global_step"]) == (1, 6)  # mid-epoch: nothing trained is lost
+    # it stopped at the next batch, mid-epoch (not at the epoch's end): nothing trained is lost
+    assert (saved["epoch"], saved["global_step"]) == (1, 6)
     assert saved["RetrievalDataModule"] == {"epoch": 1, "batches_done": 2}
     assert not (run_dir / "results.json").exists()
     assert "DataLoader worker" not in log  # the workers left SIGTERM to the main process
@@ -152,7 +150,7 @@ def test_sigterm_saves_mid_epoch_exits_143_and_resumes_exactly(toy, reference): 
 
 
 def test_the_training_order_depends_on_seed_and_epoch_only():
-    from dualprompt.training.data import EpochShuffle
+    from dualprompt.data.datasets import EpochShuffle
 
     def order(seed, epoch, resume=None):
         sampler = EpochShuffle(18, seed, resume)
@@ -171,7 +169,7 @@ def test_under_ddp_each_rank_deals_from_the_order_and_resumes_where_it_was():
     from lightning.pytorch.utilities.data import _is_dataloader_shuffled
     from torch.utils.data import DataLoader
 
-    from dualprompt.training.data import EpochShuffle
+    from dualprompt.data.datasets import EpochShuffle
 
     # Lightning wraps a custom sampler without shuffling it again (shuffle=False)
     assert not _is_dataloader_shuffled(DataLoader(range(18), sampler=EpochShuffle(18, 0)))
@@ -193,7 +191,7 @@ def test_under_ddp_each_rank_deals_from_the_order_and_resumes_where_it_was():
 
 
 def test_the_caption_of_an_image_is_drawn_from_seed_epoch_and_index(tokenizer, monkeypatch):
-    import dualprompt.training.data as data
+    import dualprompt.data.datasets as data
     from dualprompt.data import ImageRecord
 
     monkeypatch.setattr(data, "load_sample_image", lambda sample, transform: torch.zeros(1))

@@ -98,3 +98,17 @@ def test_wandb_offline_run_folder(toy, tiny_config_file):
     assert len(runs) == 1, list(run_dir.rglob("*"))[:20]
     assert list(runs[0].glob("*.wandb")), "the offline run holds its event log for `wandb sync`"
     assert (run_dir / "results.json").is_file()
+
+
+@pytest.mark.parametrize("full_error", [False, True])
+def test_a_missing_file_is_one_clean_line_unless_hydra_full_error(toy, full_error):
+    cmd = [sys.executable, "-m", "dualprompt.train", f"hydra.searchpath=[file://{toy['conf']}]",
+           "dataset=toy", "model=tiny", f"model.pretrained={toy['weights']}", "trainer=cpu",
+           "dataset.root=/nonexistent/root", f"hydra.run.dir={toy['tmp'] / 'missing'}"]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1" if full_error else "0"}
+    proc = subprocess.run(cmd, cwd=toy["tmp"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "FileNotFoundError: domain toy_a: train caption file not found: /nonexistent/root" in out
+    assert ("Traceback (most recent call last)" in out) == full_error, out[-3000:]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dualprompt.world import pretrain
+from dualprompt.world.pixels import images_to_tensor
 from dualprompt.world.captions import fill, positive_caption
 from dualprompt.world.corpus import PretrainStream, WorldConfig, build_world, make_domains, pretrain_token_ids
 from dualprompt.world.pretrain import PretrainConfig, TinyClipConfig, ensure_pretrained_clip
@@ -158,7 +159,7 @@ def test_pretrained_folder_loads_through_both_open_clip_paths(tiny_clip_dir):
     images, _, _ = PretrainStream(1).batch(2)
     from PIL import Image
 
-    expected = pretrain.images_to_tensor(images)
+    expected = images_to_tensor(images)
     got = torch.stack([preprocess(Image.fromarray(im)) for im in images])
     assert torch.allclose(got, expected, atol=1e-6)
 

@@ -152,7 +152,7 @@ def profile_step(module, optimizer, batch, meter: Meter, top: int = 12) -> list[
 
 
 def inference(meter: Meter, clip, batch, reps: int) -> dict:
-    text = torch.cat([batch["tokens"], batch["negative_tokens"].flatten(0, 1)])
+    text = torch.cat([batch.tokens, batch.negative_tokens.flatten(0, 1)])
     calls = {}
     # the last row is another model (the pool keyed on mean token embeddings: no frozen text
     # pass), shown for what bounds the default; it is left out of the equality check
@@ -165,7 +165,7 @@ def inference(meter: Meter, clip, batch, reps: int) -> dict:
         torch.manual_seed(0)
         model = wl.DualPromptCLIP(clip, wl.PromptConfig(subcategory_query=query),
                                   trim_context=trim, length_buckets=buckets).to(meter.device)
-        pair = wl.inference_calls(clip, model, batch["image"], text)
+        pair = wl.inference_calls(clip, model, batch.image, text)
         label = f"DualPromptCLIP encode_text{', ' + name if name else ''}"
         calls[label] = pair["DualPromptCLIP encode_text"]
         if not name:
@@ -176,7 +176,7 @@ def inference(meter: Meter, clip, batch, reps: int) -> dict:
     base = next(iter(features.values())).float()
     max_diff = max((f.float() - base).abs().max().item() for f in features.values())
     rows = interleaved(meter, calls, reps)
-    return {"rows": rows, "captions": text.shape[0], "images": batch["image"].shape[0],
+    return {"rows": rows, "captions": text.shape[0], "images": batch.image.shape[0],
             "encode_text_max_abs_diff_between_variants": max_diff}
 
 

@@ -9,7 +9,7 @@ import copy
 import json
 import random
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from dualprompt import DualPromptCLIP, PromptConfig, category_loss, category_weights
 from dualprompt import contrastive_loss
+from dualprompt.data.datasets import TrainBatch
 from dualprompt.training.module import PromptRetrievalModule
 from dualprompt.training.schema import LossConfig
 
@@ -102,21 +103,21 @@ def sample_captions(batch_size: int, fdrd_root: Optional[Path], seed: int = 0,
 
 
 def make_batch(captions: Captions, image_size: tuple[int, int], seed: int = 0,
-               categories: int = 4) -> dict[str, Tensor]:
+               categories: int = 4) -> TrainBatch:
     """A training batch as `RetrievalDataModule` makes it: random images, the captions,
     every negative present, categories drawn so some negatives share the image's category."""
     gen = torch.Generator().manual_seed(seed)
     b, k = captions.negative.shape[:2]
-    return {"image": torch.randn(b, 3, *image_size, generator=gen),
-            "tokens": captions.positive,
-            "negative_tokens": captions.negative,
-            "negative_mask": torch.ones(b, k, dtype=torch.bool),
-            "negative_categories": torch.randint(0, categories, (b, k), generator=gen),
-            "category": torch.randint(0, categories, (b,), generator=gen)}
+    return TrainBatch(image=torch.randn(b, 3, *image_size, generator=gen),
+                      tokens=captions.positive,
+                      negative_tokens=captions.negative,
+                      negative_mask=torch.ones(b, k, dtype=torch.bool),
+                      negative_categories=torch.randint(0, categories, (b, k), generator=gen),
+                      category=torch.randint(0, categories, (b,), generator=gen))
 
 
-def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {key: value.to(device) for key, value in batch.items()}
+def to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    return TrainBatch(**{f.name: getattr(batch, f.name).to(device) for f in fields(batch)})
 
 
 # -- the variants of the prompt step ---------------------------------------------------------
@@ -169,7 +170,7 @@ def prompt_optimizer(module: PromptRetrievalModule) -> torch.optim.Optimizer:
 
 
 def prompt_step(module: PromptRetrievalModule, optimizer: torch.optim.Optimizer,
-                batch: dict[str, Tensor]) -> float:
+                batch: TrainBatch) -> float:
     """One training step as Lightning runs it: training_step, backward, optimizer step."""
     with warnings.catch_warnings():  # self.log without a Trainer: a warning, nothing logged
         warnings.simplefilter("ignore")
@@ -180,7 +181,7 @@ def prompt_step(module: PromptRetrievalModule, optimizer: torch.optim.Optimizer,
     return loss.item()
 
 
-def prompt_loss(module: PromptRetrievalModule, batch: dict[str, Tensor]) -> Tensor:
+def prompt_loss(module: PromptRetrievalModule, batch: TrainBatch) -> Tensor:
     """The dcar loss of the batch (no step), for the exactness checks."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -199,23 +200,23 @@ def finetune_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
 
 
-def finetune_loss(clip: nn.Module, batch: dict[str, Tensor], alpha: float = 0.5) -> Tensor:
+def finetune_loss(clip: nn.Module, batch: TrainBatch, alpha: float = 0.5) -> Tensor:
     """InfoNCE + category-aware negatives with plain open_clip (77-token context), positives
     and negatives encoded in one pass: what a user fine-tuning CLIP on FDRD would run."""
-    images, positive, negative = batch["image"], batch["tokens"], batch["negative_tokens"]
+    images, positive, negative = batch.image, batch.tokens, batch.negative_tokens
     b, k = negative.shape[:2]
     image_features = clip.encode_image(images, normalize=True)
     text = clip.encode_text(torch.cat([positive, negative.flatten(0, 1)]), normalize=True)
     text_features, negatives = text[:b], text[b:].view(b, k, -1)
     scale = clip.logit_scale.exp().float()
-    weights = category_weights(batch["negative_categories"], batch["category"], alpha)
+    weights = category_weights(batch.negative_categories, batch.category, alpha)
     return (contrastive_loss(image_features, text_features, scale)
             + category_loss(image_features, text_features, negatives, scale, weights,
-                            batch["negative_mask"]))
+                            batch.negative_mask))
 
 
 def finetune_step(clip: nn.Module, optimizer: torch.optim.Optimizer,
-                  batch: dict[str, Tensor]) -> float:
+                  batch: TrainBatch) -> float:
     loss = finetune_loss(clip, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -224,10 +225,10 @@ def finetune_step(clip: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def frozen_forward(clip: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+def frozen_forward(clip: nn.Module, batch: TrainBatch) -> Tensor:
     """The frozen CLIP's forward of the step's inputs (16 images, 16 + 64 captions, 77 tokens)."""
-    text = torch.cat([batch["tokens"], batch["negative_tokens"].flatten(0, 1)])
-    image_features = clip.encode_image(batch["image"])
+    text = torch.cat([batch.tokens, batch.negative_tokens.flatten(0, 1)])
+    image_features = clip.encode_image(batch.image)
     return image_features.sum() + clip.encode_text(text).sum()
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import dualprompt.prompt_file as prompt_file_module
 from dualprompt import DualPromptCLIP, PromptFileError, load_prompts
-from dualprompt.training.data import check_image, load_image
+from dualprompt.data.datasets import check_image, load_image
 from dualprompt.training.results import write_json
 from harness import (BAD, PROMPTS, Case, CASES, Outcome, attempt, capture_log, case,
                      corrupt_middle, data_module, jpeg, load_all, pil_bytes, png_header,

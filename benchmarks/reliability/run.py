@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import cases  # noqa: F401  (registers the cases)
-from dualprompt.training.data import check_image
+from dualprompt.data.datasets import check_image
 from dualprompt.training.results import git_revision, versions, write_json
 from harness import CASES, Case, Outcome, jpeg
 

@@ -13,6 +13,22 @@ from enum import Enum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from ..config import StrEnum
+
+
+class CaptionFormat(StrEnum):
+    """The caption-file formats a retrieval domain can be read from."""
+
+    fdrd = "fdrd"  # FDRD caption JSON (all three record shapes of the release)
+    karpathy = "karpathy"  # Karpathy-split JSON (dataset_coco.json, dataset_flickr30k.json)
+
+
+class KarpathySplit(StrEnum):
+    train = "train"
+    val = "val"
+    test = "test"
+    restval = "restval"
+
 
 class NegativeKind(str, Enum):
     """Where a negative caption comes from."""

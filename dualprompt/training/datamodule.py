@@ -17,10 +17,11 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from ..data import ImageRecord, clean_negatives, load_fdrd_json, load_karpathy_json
+from ..data.datasets import (EpochShuffle, Gallery, Sample, TrainPairs, check_image,
+                             collate_gallery, collate_pairs, split_validation)
 from ..data.images import ImageIndex
-from .data import (EpochShuffle, Gallery, Sample, TrainPairs, check_image, collate_gallery,
-                   split_validation)
-from .schema import DatasetConfig, DomainConfig
+from ..data.records import CaptionFormat
+from .schema import CategoryLevel, DatasetConfig, DomainConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,10 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def __init__(self, dataset: DatasetConfig, *, tokenizer: Callable, train_transform: Callable,
                  eval_transform: Callable, batch_size: int, eval_batch_size: int,
-                 num_workers: int, category_level: str = "fine", seed: int = 0) -> None:
+                 num_workers: int, category_level: CategoryLevel = CategoryLevel.fine,
+                 seed: int = 0) -> None:
         super().__init__()
-        if category_level not in ("fine", "meta"):
-            raise ValueError(f"loss.category_level must be 'fine' or 'meta', got {category_level!r}")
+        category_level = CategoryLevel(category_level)
         self.cfg, self.tokenizer = dataset, tokenizer
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -82,7 +83,7 @@ class RetrievalDataModule(L.LightningDataModule):
         test_records = (self._records(root, name, dom, "test")
                         if name in self.cfg.test_domains else [])
         meta = self._meta_categories(root, dom)
-        if train_records and dom.format == "fdrd" and self.cfg.negatives.k > 0:
+        if train_records and dom.format == CaptionFormat.fdrd and self.cfg.negatives.k > 0:
             classes = sorted({r.class_name for r in train_records if r.class_name})
             train_records, report = clean_negatives(
                 train_records, classes, k=self.cfg.negatives.k, meta_category=meta,
@@ -93,7 +94,7 @@ class RetrievalDataModule(L.LightningDataModule):
         def category(class_name: Optional[str]) -> int:
             if not class_name:
                 return -1
-            key = meta.get(class_name, class_name) if self.category_level == "meta" else class_name
+            key = meta.get(class_name, class_name) if self.category_level == CategoryLevel.meta else class_name
             return categories.setdefault(f"{name}/{key}", len(categories))
 
         def samples(records: list[ImageRecord], split: str) -> list[Sample]:
@@ -140,13 +141,10 @@ class RetrievalDataModule(L.LightningDataModule):
         path = root / file
         if not path.is_file():
             raise FileNotFoundError(f"domain {name}: {split} caption file not found: {path}")
-        if dom.format == "fdrd":
+        if CaptionFormat(dom.format) == CaptionFormat.fdrd:
             records, self.reports[f"{name}/{split}"] = load_fdrd_json(path, domain=name)
-        elif dom.format == "karpathy":
-            records = load_karpathy_json(path, split)
         else:
-            raise ValueError(f"dataset.domains.{name}.format must be fdrd or karpathy, "
-                             f"got {dom.format!r}")
+            records = load_karpathy_json(path, split)
         if not records:
             raise ValueError(f"{path}: the {split} split of domain {name} is empty")
         return records
@@ -183,7 +181,7 @@ class RetrievalDataModule(L.LightningDataModule):
             raise ValueError(f"dataset {self.cfg.name}: {len(pairs)} training images, fewer "
                              f"than data.batch_size={self.batch_size}")
         # the order is a function of (seed, epoch): a resumed run sees the same batches
-        return DataLoader(pairs, batch_size=self.batch_size,
+        return DataLoader(pairs, batch_size=self.batch_size, collate_fn=collate_pairs,
                           sampler=EpochShuffle(len(pairs), self.seed, self._resume_at()),
                           drop_last=True, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,

@@ -8,12 +8,13 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ..data.datasets import GalleryBatch, TrainBatch
 from ..losses import (category_loss, category_weights, contrastive_loss,
                       gathered_contrastive_loss)
 from ..metrics import summarize_domains
 from ..reweighting import blank_image_features, frozen_token_features, token_weights
 from .retrieval_metric import RetrievalRecall
-from .schedule import warmup_cosine
+from ..schedule import warmup_cosine
 from .schema import LossConfig, OptimConfig
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ class PromptRetrievalModule(L.LightningModule):
         self.val_results: dict[str, dict[str, float]] = {}
 
     # -- training ------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
         model, cfg = self.model, self.loss_cfg
-        images, tokens = batch["image"], batch["tokens"]
+        images, tokens = batch.image, batch.tokens
         image_features = model.encode_image(images, normalize=True)  # (B, D)
         weights = query = None
         if cfg.reweighting:
@@ -70,11 +71,11 @@ class PromptRetrievalModule(L.LightningModule):
             self.log("train/loss_con", loss_con)
             total = total + loss_con
         if (cfg.category_negatives and cfg.category_weight > 0
-                and bool(batch["negative_mask"].any())):
+                and bool(batch.negative_mask.any())):
             # with re-weighting on, the positive of L_cate is re-encoded unweighted (with the
             # negatives, in one pass): weighted positives against unweighted negatives would
             # let the prompts separate them by the weighting instead of by the content
-            positive = None if weights is None else batch["tokens"]
+            positive = None if weights is None else batch.tokens
             loss_cate = self._category_loss(batch, image_features, text_features, scale,
                                             positive_tokens=positive, positive_query=query)
             self.log("train/loss_cate", loss_cate)
@@ -121,13 +122,13 @@ class PromptRetrievalModule(L.LightningModule):
         return gathered_contrastive_loss(image_features, text_features, all_images, all_texts,
                                          scale, offset)
 
-    def _category_loss(self, batch: dict[str, Tensor], image_features: Tensor,
+    def _category_loss(self, batch: TrainBatch, image_features: Tensor,
                        text_features: Tensor, scale: Tensor,
                        positive_tokens: Optional[Tensor] = None,
                        positive_query: Optional[Tensor] = None) -> Tensor:
-        mask = batch["negative_mask"]  # (B, K)
-        b, k, _ = batch["negative_tokens"].shape
-        tokens = batch["negative_tokens"][mask]
+        mask = batch.negative_mask  # (B, K)
+        b, k, _ = batch.negative_tokens.shape
+        tokens = batch.negative_tokens[mask]
         query = None
         if positive_tokens is not None and positive_query is not None:
             query = torch.cat([positive_query, self.model.text_query(tokens)])
@@ -138,9 +139,9 @@ class PromptRetrievalModule(L.LightningModule):
             text_features, encoded = encoded[:b], encoded[b:]
         negatives = encoded.new_zeros(b, k, encoded.shape[-1])
         negatives[mask] = encoded  # (B, K, D); padding rows are masked out of the loss
-        weights = category_weights(batch["negative_categories"], batch["category"],
+        weights = category_weights(batch.negative_categories, batch.category,
                                    self.loss_cfg.alpha)
-        weights = weights.masked_fill(batch["negative_categories"] < 0, 1.0)
+        weights = weights.masked_fill(batch.negative_categories < 0, 1.0)
         return category_loss(image_features, text_features, negatives, scale, weights, mask)
 
     def configure_optimizers(self) -> Any:
@@ -172,17 +173,17 @@ class PromptRetrievalModule(L.LightningModule):
         log.info("training %d prompt parameters; %d frozen CLIP parameters", n, frozen)
 
     # -- evaluation ----------------------------------------------------------------------
-    def _embed(self, batch: dict[str, Tensor], metric: RetrievalRecall) -> None:
-        image_features = self.model.encode_image(batch["image"], normalize=True)
-        text_features = self.model.encode_text(batch["tokens"], normalize=True)
-        metric.update(image_features.float(), batch["image_ids"], text_features.float(),
-                      batch["text_ids"], batch["text_image_ids"])
+    def _embed(self, batch: GalleryBatch, metric: RetrievalRecall) -> None:
+        image_features = self.model.encode_image(batch.image, normalize=True)
+        text_features = self.model.encode_text(batch.tokens, normalize=True)
+        metric.update(image_features.float(), batch.image_ids, text_features.float(),
+                      batch.text_ids, batch.text_image_ids)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int,
+    def validation_step(self, batch: GalleryBatch, batch_idx: int,
                         dataloader_idx: int = 0) -> None:
         self._embed(batch, self.val_metrics[dataloader_idx])
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int,
+    def test_step(self, batch: GalleryBatch, batch_idx: int,
                   dataloader_idx: int = 0) -> None:
         self._embed(batch, self.test_metrics[dataloader_idx])
 

@@ -1,12 +1,13 @@
 """Offline assets a config may ask for: the procedural world and its small pretrained CLIP."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..loading import LOCAL_DIR
-from .schema import DatasetConfig, ModelConfig
+from .schema import DatasetConfig, ModelConfig, OfflineAsset
 
 log = logging.getLogger(__name__)
 
@@ -17,29 +18,23 @@ def prepare_offline_assets(dataset: Optional[DatasetConfig], model: ModelConfig)
     Both are cached: the world by a manifest of its parameters, the CLIP by a manifest of its
     pretraining config; a second run reuses them. `dataset` None: the model only.
     """
-    if dataset is not None and dataset.generate not in (None, "world"):
-        raise ValueError(f"dataset.generate must be null or world, got {dataset.generate!r}")
-    if model.pretrain not in (None, "world"):
-        raise ValueError(f"model.pretrain must be null or world, got {model.pretrain!r}")
-    if dataset is not None and dataset.generate == "world":
+    if dataset is not None and dataset.generate == OfflineAsset.world:
         from ..world import WorldConfig, build_world
-        build_world(Path(dataset.root).expanduser(), WorldConfig(**_args(dataset.generate_args)))
-    if model.pretrain == "world":
+        build_world(Path(dataset.root).expanduser(), WorldConfig(**set_fields(dataset.generate_args)))
+    if model.pretrain == OfflineAsset.world:
         if not model.name.startswith(LOCAL_DIR):
             raise ValueError("model.pretrain=world needs model.name=local-dir:<folder> "
                              f"(where the pretrained CLIP is cached), got {model.name!r}")
         from ..world import PretrainConfig, ensure_pretrained_clip
         ensure_pretrained_clip(Path(model.name[len(LOCAL_DIR):]).expanduser(),
-                               PretrainConfig(**_args(model.pretrain_args)))
+                               PretrainConfig(**set_fields(model.pretrain_args)))
 
 
-def _args(value) -> dict:
-    """A config's {field: value} block (None when unset) as plain keyword arguments."""
-    if value is None:
+def set_fields(args: Any) -> dict[str, Any]:
+    """The fields of a `WorldArgs` / `PretrainArgs` that are set, as keyword arguments of the
+    world's own config (lists as tuples, as its dataclasses hold them)."""
+    if args is None:
         return {}
-    from omegaconf import DictConfig, OmegaConf
-    if isinstance(value, DictConfig):
-        value = OmegaConf.to_container(value, resolve=True)
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of field: value, got {value!r}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
+    return {k: tuple(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+            for k, v in values.items() if v is not None}

@@ -8,7 +8,95 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ..config import PromptConfig
+from ..config import PromptConfig, StrEnum
+from ..data.embed_inputs import InputFormat, Modality
+from ..data.records import CaptionFormat, KarpathySplit
+
+
+class Trains(StrEnum):
+    """What a method trains."""
+
+    prompts = "prompts"  # prompt vectors / adapters on the frozen CLIP
+    all = "all"  # every CLIP weight (full fine-tuning)
+    none = "none"  # nothing: zero-shot
+
+
+class CategoryLevel(StrEnum):
+    """What "category" means for the category-aware negatives."""
+
+    fine = "fine"  # the class
+    meta = "meta"  # the meta-category (DomainConfig.meta_categories)
+
+
+class Optimizer(StrEnum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class LoggerKind(StrEnum):
+    csv = "csv"
+    wandb = "wandb"
+    none = "none"
+
+
+class Split(StrEnum):
+    test = "test"
+    val = "val"
+
+
+class OfflineAsset(StrEnum):
+    """What `dataset.generate` / `model.pretrain` can build on first use."""
+
+    world = "world"  # the procedural world / its small CLIP (dualprompt.world)
+
+
+class WeightPrecision(StrEnum):
+    """open_clip's `precision` of the base CLIP's weights."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    pure_fp16 = "pure_fp16"
+    pure_bf16 = "pure_bf16"
+
+
+# Lightning's precision names are not Python identifiers ("bf16-mixed"): the functional API
+# names the members by them, which is what OmegaConf validates against.
+TrainerPrecision = StrEnum("TrainerPrecision", {name: name for name in (
+    "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")})
+
+
+@dataclass
+class WorldArgs:
+    """Fields of `dualprompt.world.WorldConfig` to set; null keeps the world's default."""
+
+    seed: Optional[int] = None
+    image_size: Optional[int] = None
+    domains: Optional[list[str]] = None
+    colors_per_family: Optional[int] = None
+    patterns_per_family: Optional[int] = None
+    train_per_domain: Optional[int] = None
+    val_per_domain: Optional[int] = None
+    test_per_domain: Optional[int] = None
+    num_negatives: Optional[int] = None
+    mention_probs: Optional[dict[str, float]] = None
+
+
+@dataclass
+class PretrainArgs:
+    """Fields of `dualprompt.world.PretrainConfig` to set; null keeps its default."""
+
+    steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    warmup_steps: Optional[int] = None
+    seed: Optional[int] = None
+    num_threads: Optional[int] = None
+    eval_pairs: Optional[int] = None
+    probe_images: Optional[int] = None
+    save_fp16: Optional[bool] = None
+    log_every: Optional[int] = None
 
 
 @dataclass
@@ -19,7 +107,7 @@ class DomainConfig:
     val: Optional[str] = None  # None: `val_fraction` of the train images are held out
     test: Optional[str] = None
     images: str = "."  # image folder, relative to the dataset root
-    format: str = "fdrd"  # fdrd | karpathy
+    format: CaptionFormat = CaptionFormat.fdrd
     meta_categories: Optional[str] = None  # JSON {class: meta-category}, relative to the root
 
 
@@ -39,8 +127,8 @@ class DatasetConfig:
     val_fraction: float = 0.1
     skip_bad_images: bool = False  # count, log and skip missing/unreadable images
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
-    generate: Optional[str] = None  # "world": build the offline procedural world if missing
-    generate_args: Any = None  # {field: value} of dualprompt.world.WorldConfig
+    generate: Optional[OfflineAsset] = None  # world: build the offline world if missing
+    generate_args: WorldArgs = field(default_factory=lambda: WorldArgs())
 
 
 @dataclass
@@ -48,12 +136,12 @@ class ModelConfig:
     name: str = "ViT-B-32"
     pretrained: Optional[str] = "openai"  # tag, local weights file, local-dir:/path, or null
     config_file: Optional[str] = None  # extra open_clip model-config JSON (custom architecture)
-    precision: str = "fp32"  # weights of the frozen CLIP: fp32 | fp16 | bf16
+    precision: WeightPrecision = WeightPrecision.fp32  # weights of the base CLIP
     cache_dir: Optional[str] = None
     trim_context: bool = True  # drop text columns after the batch's longest caption (exact)
     length_buckets: int = 4  # with trim_context: encode captions in groups of similar length
-    pretrain: Optional[str] = None  # "world": pretrain the offline world's small CLIP if missing
-    pretrain_args: Any = None  # {field: value} of dualprompt.world.PretrainConfig
+    pretrain: Optional[OfflineAsset] = None  # world: pretrain the world's small CLIP if missing
+    pretrain_args: PretrainArgs = field(default_factory=lambda: PretrainArgs())
 
 
 @dataclass
@@ -62,7 +150,7 @@ class LossConfig:
     category_negatives: bool = True  # category-aware hard negatives (L_cate)
     category_weight: float = 1.0  # lambda of L_cate
     alpha: float = 0.5  # negatives of the image's category weigh 1 + alpha
-    category_level: str = "fine"  # fine (class) | meta (meta-category)
+    category_level: CategoryLevel = CategoryLevel.fine
     reweighting: bool = True  # dynamic token re-weighting of the positive captions
     reweighting_strength: float = 1.0
 
@@ -72,14 +160,13 @@ class MethodConfig:
     """What a run trains; the presets in conf/method also pick the prompt and loss groups."""
 
     name: str = "dualprompt"  # the row label in results.json and the quality tables
-    trains: str = "prompts"  # prompts: prompt vectors / adapters on the frozen CLIP;
-    #                          all: every CLIP weight (full fine-tuning); none: zero-shot
+    trains: Trains = Trains.prompts
     class_specific: bool = False  # CoOp's CSC: attribute vectors per class of the train split
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: Optimizer = Optimizer.sgd
     lr: float = 0.002
     weight_decay: float = 0.0
     momentum: float = 0.9
@@ -96,7 +183,7 @@ class TrainerConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    precision: TrainerPrecision = TrainerPrecision["32-true"]
     gradient_clip_val: Optional[float] = None
     log_every_n_steps: int = 10
     deterministic: bool = False
@@ -110,7 +197,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    kind: str = "csv"  # csv | wandb | none
+    kind: LoggerKind = LoggerKind.csv
     project: str = "dualprompt"
     entity: Optional[str] = None
     offline: bool = False  # wandb: write a local run folder, `wandb sync` later
@@ -148,7 +235,7 @@ class EvaluateConfig:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     prompts: Optional[str] = None  # a prompt file; null: zero-shot CLIP
-    split: str = "test"  # test | val
+    split: Split = Split.test
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataLoaderConfig = field(default_factory=DataLoaderConfig)
     output: Optional[str] = None  # results JSON path; default: the run folder
@@ -157,11 +244,11 @@ class EvaluateConfig:
 @dataclass
 class EmbedConfig:
     input: str = MISSING  # a folder of images, a caption JSON (FDRD / Karpathy) or a .txt file
-    format: str = "auto"  # auto | images | fdrd | karpathy | text
+    format: InputFormat = InputFormat.auto
     image_root: Optional[str] = None  # caption JSONs: image folder; default the JSON's folder
-    split: Optional[str] = None  # Karpathy: train | val | test | restval; null: all of them
+    split: Optional[KarpathySplit] = None  # Karpathy files: one split; null: all of them
     skip_missing_images: bool = False  # caption JSONs: leave out images not found (counted)
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])  # what to embed
+    modalities: list[Modality] = field(default_factory=lambda: [Modality.image, Modality.text])
     model: ModelConfig = field(default_factory=ModelConfig)
     prompts: Optional[str] = None  # a prompt file; null: zero-shot CLIP
     faiss: bool = False  # also write image.faiss / text.faiss (IndexFlatIP), needs faiss-cpu

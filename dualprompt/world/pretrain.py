@@ -27,8 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import PRETRAIN_CORPUS_VERSION, PretrainStream
+from .. import towers
+from ..losses import contrastive_loss
+from ..metrics import retrieval_metrics
+from ..schedule import linear_warmup_cosine
 from .captions import full_caption
+from .corpus import PRETRAIN_CORPUS_VERSION, PretrainStream
+from .pixels import IMAGE_MEAN, IMAGE_STD, images_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,6 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 METRICS_FILE = "pretrain_metrics.json"
 MANIFEST_FILE = "pretrain_manifest.json"
-# open_clip's default normalisation (OpenAI CLIP); both loading paths then preprocess alike.
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -150,22 +152,6 @@ class ThreadTuner:
             self._start_trial()
 
 
-def lr_at(step: int, config: PretrainConfig) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 images (B, H, W, 3) -> normalised float tensor (B, 3, H, W), as open_clip's val transform."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def encode_text_trimmed(model: torch.nn.Module, text: torch.Tensor) -> torch.Tensor:
     """`model.encode_text` on the batch's shortest sufficient window: (B, 77) ids -> (B, D).
 
@@ -173,12 +159,7 @@ def encode_text_trimmed(model: torch.nn.Module, text: torch.Tensor) -> torch.Ten
     (argmax = end token) feature. Trimming is the largest saving of the text tower.
     """
     length = int((text != 0).sum(dim=1).max())
-    text = text[:, :length]  # (B, L)
-    x = model.token_embedding(text) + model.positional_embedding[:length]  # (B, L, W)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    pooled = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]  # (B, W)
-    return pooled @ model.text_projection
+    return towers.text_features(model, text[:, :length])  # (B, D)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -191,30 +172,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def contrastive_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of matched pairs: (B, D), (B, D) -> scalar."""
-    image_features = F.normalize(image_features, dim=-1)
-    text_features = F.normalize(text_features, dim=-1)
-    logits = logit_scale.exp() * image_features @ text_features.T  # (B, B)
-    labels = torch.arange(logits.shape[0])
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-
-
 @torch.no_grad()
 def heldout_recall(model: torch.nn.Module, tokenizer, seed: int, pairs: int, image_size: int) -> dict[str, float]:
-    """R@1 both ways on held-out pairs with full captions (every attribute mentioned)."""
+    """R@1 both ways on held-out pairs with full captions (every attribute mentioned), as
+    `dualprompt.metrics` counts it (one ground truth per query, ties by index)."""
     stream = PretrainStream(seed, image_size)
     images, _, objects = stream.batch(pairs)
     captions = [full_caption(o) for o in objects]
     image_features = F.normalize(model.encode_image(images_to_tensor(images)), dim=-1)
     text_features = F.normalize(encode_text_trimmed(model, tokenizer(captions)), dim=-1)
-    sims = image_features @ text_features.T  # (N, N)
-    same = np.array([[a == b for b in captions] for a in captions])  # identical captions count as hits
-    i2t = same[np.arange(pairs), sims.argmax(dim=1).numpy()].mean()
-    t2i = same[sims.argmax(dim=0).numpy(), np.arange(pairs)].mean()
-    return {"image_to_text_r1": float(i2t), "text_to_image_r1": float(t2i), "pairs": pairs, "chance": 1.0 / pairs}
+    r1 = retrieval_metrics(image_features, text_features, torch.arange(pairs), ks=(1,))
+    return {"image_to_text_r1": r1["i2t_R@1"] / 100, "text_to_image_r1": r1["t2i_R@1"] / 100,
+            "pairs": pairs, "chance": 1.0 / pairs}
 
 
 def _manifest(config: PretrainConfig) -> dict:
@@ -248,10 +217,12 @@ def _train(model: torch.nn.Module, tokenizer, config: PretrainConfig) -> tuple[l
         threads = tuner.next_threads()
         torch.set_num_threads(threads)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+            group["lr"] = linear_warmup_cosine(step, total_steps=config.steps,
+                                               warmup_steps=config.warmup_steps, base_lr=config.lr)
         images, captions, _ = stream.batch(config.batch_size)
-        loss = contrastive_loss(model.encode_image(images_to_tensor(images)),
-                                encode_text_trimmed(model, tokenizer(captions)), model.logit_scale)
+        image_features = F.normalize(model.encode_image(images_to_tensor(images)), dim=-1)
+        text_features = F.normalize(encode_text_trimmed(model, tokenizer(captions)), dim=-1)
+        loss = contrastive_loss(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -3,7 +3,7 @@
 Probes answer "does the frozen image tower carry the attribute?": a logistic regression on
 frozen `encode_image` features, trained on one set of images and scored on another, against
 the majority-class rate (chance). Zero-shot retrieval scores one positive caption per image
-against the whole split (a small brute-force recall kept local to this diagnostic).
+against the whole split (`dualprompt.metrics`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..metrics import retrieval_metrics
 from .corpus import PretrainStream
+from .pixels import images_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,6 @@ PROBED = ("shape", "color", "shade", "pattern", "size", "position", "background"
 @torch.no_grad()
 def image_features(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """Frozen, L2-normalised image features: uint8 (N, H, W, 3) -> (N, D)."""
-    from .pretrain import images_to_tensor
-
     chunks = [model.encode_image(images_to_tensor(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return F.normalize(torch.cat(chunks), dim=-1)
 
@@ -108,14 +108,11 @@ def load_split(domain_dir: Path, split: str) -> tuple[list[str], np.ndarray, lis
 
 
 def recall_at_1(image_feats: torch.Tensor, text_feats: torch.Tensor, captions: list[str]) -> dict[str, float]:
-    """R@1 both ways with one caption per image; identical caption strings count as hits."""
-    sims = image_feats @ text_feats.T  # (N, N)
+    """R@1 both ways with one caption per image, as `dualprompt.metrics` counts it (one ground
+    truth per query, ties by index)."""
     n = len(captions)
-    same = np.array([[a == b for b in captions] for a in captions])
-    top_text = sims.argmax(dim=1).numpy()
-    top_image = sims.argmax(dim=0).numpy()
-    return {"image_to_text_r1": float(same[np.arange(n), top_text].mean()),
-            "text_to_image_r1": float(same[top_image, np.arange(n)].mean()),
+    r1 = retrieval_metrics(image_feats, text_feats, torch.arange(n), ks=(1,))
+    return {"image_to_text_r1": r1["i2t_R@1"] / 100, "text_to_image_r1": r1["t2i_R@1"] / 100,
             "chance": 1.0 / n}
 
 

@@ -10,9 +10,9 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
-from ..data import ImageRecord
+from .records import ImageRecord
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,40 @@ class Sample:
     negative_categories: tuple[int, ...] = ()  # one per negative, -1 when unknown
 
 
+@dataclass
+class TrainBatch:
+    """A batch of training pairs: B images, each with its positive and K negative captions."""
+
+    image: Tensor  # (B, 3, H, W)
+    tokens: Tensor  # (B, L) the positive caption of each image
+    negative_tokens: Tensor  # (B, K, L)
+    negative_mask: Tensor  # (B, K) bool; False for padding (a record with fewer than K)
+    negative_categories: Tensor  # (B, K) category id of each negative, -1 when unknown
+    category: Tensor  # (B,) category id of each image, -1 when none
+
+
+@dataclass
+class GalleryBatch:
+    """A batch of an evaluation gallery: B images and all M of their captions, with global ids."""
+
+    image: Tensor  # (B, 3, H, W)
+    image_ids: Tensor  # (B,)
+    tokens: Tensor  # (M, L)
+    text_ids: Tensor  # (M,)
+    text_image_ids: Tensor  # (M,) the image id of each caption
+
+
+class ImageError(RuntimeError):
+    """An image file that cannot be read; the message names the file (and the record)."""
+
+
 def load_image(path: Path, transform: Callable) -> Tensor:
     """Open an image as RGB and transform it; errors name the file."""
     try:
         with open_image(path) as img:
             return transform(to_rgb(img))
     except Exception as e:  # PIL raises many types for corrupt/unsupported files
-        raise RuntimeError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+        raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 def open_image(path: Path) -> Image.Image:
@@ -62,10 +89,10 @@ def load_sample_image(sample: Sample, transform: Callable) -> Tensor:
     image when the data is set up (so that a bad file is skipped instead)."""
     try:
         return load_image(sample.path, transform)
-    except RuntimeError as e:
+    except ImageError as e:
         r = sample.record
         where = f"record {r.image_id!r}" + (f" of domain {r.domain}" if r.domain else "")
-        raise RuntimeError(f"{where}: {e}. Set "
+        raise ImageError(f"{where}: {e}. Set "
                            "dataset.skip_bad_images=true to decode every image at setup and "
                            "skip (count, log) the unreadable ones") from e
 
@@ -170,16 +197,20 @@ class Gallery(Dataset):
         }
 
 
-def collate_gallery(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+def collate_pairs(items: list[dict[str, Tensor]]) -> TrainBatch:
+    """Stack `TrainPairs` items into a `TrainBatch`."""
+    return TrainBatch(**default_collate(items))
+
+
+def collate_gallery(items: list[dict[str, Tensor]]) -> GalleryBatch:
     """Stack images; concatenate captions with the id of their image."""
-    return {
-        "image": torch.stack([it["image"] for it in items]),
-        "image_ids": torch.stack([it["image_id"] for it in items]),
-        "tokens": torch.cat([it["tokens"] for it in items]),
-        "text_ids": torch.cat([it["text_ids"] for it in items]),
-        "text_image_ids": torch.cat([it["image_id"].expand(len(it["tokens"]))
-                                     for it in items]),
-    }
+    return GalleryBatch(
+        image=torch.stack([it["image"] for it in items]),
+        image_ids=torch.stack([it["image_id"] for it in items]),
+        tokens=torch.cat([it["tokens"] for it in items]),
+        text_ids=torch.cat([it["text_ids"] for it in items]),
+        text_image_ids=torch.cat([it["image_id"].expand(len(it["tokens"])) for it in items]),
+    )
 
 
 def split_validation(records: Sequence[ImageRecord], fraction: float,

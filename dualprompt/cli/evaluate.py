@@ -1,0 +1,82 @@
+"""`python -m dualprompt.evaluate prompts=path/to/prompts.safetensors [overrides]`.
+
+Recall@K of a prompt file (or of the zero-shot CLIP when `prompts` is null) on a dataset's
+test (or validation) splits, per domain and AVG, written as JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ..loading import load_clip
+from ..serve import load_prompts
+from ..training.datamodule import RetrievalDataModule
+from ..training.factory import eval_trainer
+from ..training.module import PromptRetrievalModule
+from ..training.prepare import prepare_offline_assets
+from ..training.results import git_revision, results_table, versions, write_json
+from ..training.schema import EvaluateConfig, register_configs
+from .errors import user_errors
+
+log = logging.getLogger("dualprompt.evaluate")
+
+
+def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict:
+    start = time.time()
+    prepare_offline_assets(cfg.dataset, cfg.model)
+    clip = load_clip(cfg.model.name, cfg.model.pretrained, config_file=cfg.model.config_file,
+                     precision=cfg.model.precision, cache_dir=cfg.model.cache_dir)
+    model = clip.model
+    if cfg.prompts:
+        model = load_prompts(cfg.prompts, clip.model, trim_context=cfg.model.trim_context,
+                             tokenizer=clip.tokenizer)
+    dataset = cfg.dataset
+    if cfg.split == "test":  # only the test galleries are needed
+        dataset = dataclasses.replace(dataset, train_domains=[])
+    data = RetrievalDataModule(
+        dataset, tokenizer=clip.tokenizer, train_transform=clip.preprocess_val,
+        eval_transform=clip.preprocess_val, batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+    data.setup()
+    module = PromptRetrievalModule(model, val_domains=data.val_domains(),
+                                   test_domains=data.test_domains())
+    trainer = eval_trainer(cfg.trainer, run_dir)
+    if cfg.split == "test":
+        trainer.test(module, datamodule=data, verbose=False)
+        results = module.test_results
+    else:
+        trainer.validate(module, datamodule=data, verbose=False)
+        results = module.val_results
+    out = {"split": cfg.split, "prompts": cfg.prompts, "results": results,
+           "data": data.summary(), "elapsed_s": round(time.time() - start, 1),
+           "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+           "versions": versions(), "git_revision": git_revision()}
+    if trainer.is_global_zero:
+        path = Path(cfg.output) if cfg.output else run_dir / "results.json"
+        write_json(path, out)
+        name = "prompted" if cfg.prompts else "zero-shot"
+        log.info("%s Recall@K (%%):\n%s", cfg.split, results_table({name: results}))
+        log.info("results: %s", path)
+    return out
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    with user_errors(log):
+        evaluate(OmegaConf.to_object(cfg), Path(HydraConfig.get().runtime.output_dir))
+
+
+def main() -> None:
+    """`python -m dualprompt.evaluate [overrides]` (also the `dualprompt-evaluate` command)."""
+    register_configs()
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The import rules of docs/architecture.md, read from its table, checked on every module."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "dualprompt"
+DOC = ROOT / "docs" / "architecture.md"
+STACK = {"lightning", "pytorch_lightning", "hydra", "omegaconf", "torchmetrics", "wandb",
+         "matplotlib", "tqdm"}
+ENTRY = {"train", "evaluate", "embed"}
+OPEN_CLIP_INTERNALS_ALLOWED = {"dualprompt.towers", "dualprompt.loading"}
+
+
+def allowed_layers() -> dict[str, set[str]]:
+    """layer -> the layers it may import, from the doc's table."""
+    rules = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"[a-z]+", cells[0]) and cells[0] != "layer":
+            rules[cells[0]] = {x.strip() for x in cells[2].split(",")}
+    return rules
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) >= 2 and parts[1] in ("data", "world", "training", "cli"):
+        return parts[1]
+    if len(parts) >= 2 and parts[1] == "conf":
+        return "cli"
+    if len(parts) == 2 and parts[1] in ENTRY:
+        return "entry"
+    return "core"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """(absolute module name, line) of every import in the file, function-level included;
+    `from pkg import name` counts as `pkg.name` when that is a module of dualprompt."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.append((sub if is_module(sub) else target, node.lineno))
+    return found
+
+
+def is_module(name: str) -> bool:
+    if not name.startswith("dualprompt"):
+        return False
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_the_doc_names_every_layer():
+    assert set(allowed_layers()) == {"core", "data", "world", "training", "cli", "entry"}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_module_imports_follow_the_layers(path):
+    rules, name = allowed_layers(), module_name(path)
+    layer = layer_of(name)
+    for target, line in imports(path):
+        where = f"{path.relative_to(ROOT)}:{line} imports {target}"
+        top = target.split(".")[0]
+        if top == "dualprompt" and target != "dualprompt":
+            assert layer_of(target) in rules[layer], f"{where} ({layer} -> {layer_of(target)})"
+        if top in STACK:
+            assert layer in ("training", "cli"), f"{where}: the training stack in {layer}"
+        if top == "open_clip" and target != "open_clip":
+            assert name in OPEN_CLIP_INTERNALS_ALLOWED, f"{where}: open_clip internals"
+
+
+def test_there_are_no_import_circles():
+    graph = {module_name(p): {t for t, _ in imports(p) if is_module(t)} for p in MODULES}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == node or nxt == "dualprompt":  # a package's own __init__
+                continue
+            if state.get(nxt) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt):]
+                                                                     + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, path + [node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path):
+    """The rule is not vacuous: a core module importing lightning, or the training layer, fails."""
+    rules = allowed_layers()
+    assert "training" not in rules["core"] and "cli" not in rules["training"]
+    found = dict(imports(PACKAGE / "cli" / "train.py"))
+    assert "lightning" in found and "dualprompt.training.methods" in found
