@@ -5,7 +5,8 @@ wandb; `pip install 'dualprompt[train]'`) lives in `dualprompt.training` and `du
 docs/architecture.md draws the layers.
 """
 from .config import PromptConfig, SubcategoryQuery
-from .losses import category_loss, category_weights, contrastive_loss, gathered_contrastive_loss
+from .losses import (category_loss, category_weights, contrastive_loss, feature_consistency,
+                     gathered_contrastive_loss, logit_consistency)
 from .model import DualPromptCLIP
 from .prompt_file import PromptFileError, base_fingerprint
 from .serve import load_prompts
@@ -22,7 +23,9 @@ __all__ = [
     "category_loss",
     "category_weights",
     "contrastive_loss",
+    "feature_consistency",
     "gathered_contrastive_loss",
     "load_prompts",
+    "logit_consistency",
     "token_weights",
 ]

@@ -30,6 +30,11 @@ class SubcategoryQuery(StrEnum):
     TOKENS = "tokens"
 
 
+# the attention projections CLIP-LoRA can update: query, key, value (open_clip's in_proj) and
+# output (out_proj)
+LORA_TARGETS = ("q", "k", "v", "o")
+
+
 @dataclass
 class PromptConfig:
     """The learned prompt vectors of a `DualPromptCLIP`; a length of 0 switches a group off.
@@ -69,6 +74,12 @@ class PromptConfig:
     image_adapter_ratio: float = 0.0
     text_adapter_ratio: float = 0.0
     adapter_reduction: int = 4  # bottleneck width = feature dim / reduction
+    # CLIP-LoRA (Zanella & Ben Ayed 2024): a low-rank update W + alpha / sqrt(rank) * B A of
+    # the attention projections `lora_targets` (of q, k, v, o) in every layer of both towers;
+    # B starts at zero, so training starts from the frozen CLIP. A rank of 0 switches it off.
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])
 
     def __post_init__(self) -> None:
         self.subcategory_query = SubcategoryQuery(self.subcategory_query)
@@ -91,6 +102,12 @@ class PromptConfig:
                    f"must be in [0, 1], got {getattr(self, name)}")
         _check(self.adapter_reduction >= 1, "adapter_reduction",
                f"must be >= 1, got {self.adapter_reduction}")
+        self.lora_targets = list(self.lora_targets)
+        _check(self.lora_rank >= 0, "lora_rank", f"must be >= 0, got {self.lora_rank}")
+        if self.lora_rank:
+            unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+            _check(bool(self.lora_targets) and not unknown, "lora_targets",
+                   f"must be a non-empty subset of {list(LORA_TARGETS)}, got {self.lora_targets}")
         self.class_names = list(self.class_names)
         if self.class_names:
             _check(self.attribute_length > 0, "class_names",

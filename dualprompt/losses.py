@@ -99,3 +99,29 @@ def category_weights(negative_categories: Tensor, image_categories: Tensor,
     """
     same = negative_categories == image_categories[:, None]
     return 1.0 + alpha * same.float()
+
+
+@_autocast_off
+def feature_consistency(features: Tensor, frozen_features: Tensor,
+                        distance: str = "cosine") -> Tensor:
+    """How far learned features moved from the frozen CLIP's, batch mean (no grad to frozen).
+
+    features, frozen_features: (N, D), L2-normalised.
+    distance: "cosine", 1 - mean cosine (KgCoOp's knowledge-guided term); "l1", the mean
+        absolute difference (PromptSRC's self-consistency terms).
+    """
+    features, frozen = features.float(), frozen_features.detach().float()
+    if distance == "cosine":
+        return 1.0 - F.cosine_similarity(features, frozen, dim=-1, eps=1e-7).mean()
+    if distance == "l1":
+        return F.l1_loss(features, frozen, reduction="mean")
+    raise ValueError(f"distance must be cosine or l1, got {distance!r}")
+
+
+@_autocast_off
+def logit_consistency(logits: Tensor, frozen_logits: Tensor) -> Tensor:
+    """KL(frozen || learned) of each row's softmax, summed and divided by the number of
+    logits (PromptSRC's L_SCL-logits). logits, frozen_logits: (N, M)."""
+    return F.kl_div(F.log_softmax(logits.float(), dim=1),
+                    F.log_softmax(frozen_logits.detach().float(), dim=1),
+                    reduction="sum", log_target=True) / logits.numel()

@@ -14,7 +14,8 @@ import open_clip
 from . import towers
 from .config import PromptConfig, SubcategoryQuery
 from .prompt_file import save_prompts
-from .prompts import AttributePrompts, FeatureAdapter, SubcategoryPrompts, VisualPrompts
+from .prompts import (AttributePrompts, FeatureAdapter, LowRankAttention, SubcategoryPrompts,
+                      VisualPrompts)
 from .tokens import fit_to_window, length_groups
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,13 @@ class DualPromptCLIP(nn.Module):
         self.text_adapter = (FeatureAdapter(dim, config.adapter_reduction,
                                             config.text_adapter_ratio)
                              if config.text_adapter_ratio else None)
+        self.text_lora = self.image_lora = None
+        if config.lora_rank:
+            self.text_lora = LowRankAttention(towers.text_layers(clip), width, config.lora_rank,
+                                              config.lora_alpha, config.lora_targets)
+            self.image_lora = LowRankAttention(
+                towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
+                config.lora_alpha, config.lora_targets)
         log.info("DualPromptCLIP: %d trainable parameters (%s)", self.num_trainable_parameters(),
                  config.to_json())
 
@@ -142,7 +150,8 @@ class DualPromptCLIP(nn.Module):
         prompts, deep = self._text_prompts(tokens, eot, query)
         if prompts is not None:
             x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)  # (B, L'+n, W)
-        hidden = towers.text_hidden(clip, x, deep, prompt_start=1)
+        lora = self.text_lora() if self.text_lora is not None else None
+        hidden = towers.text_hidden(clip, x, deep, prompt_start=1, block_deltas=lora)
         return towers.pool_text(clip, hidden, eot + n_prompt)  # (B, D)
 
     def _by_length(self, fn: Callable[..., Tensor], text: Tensor,
@@ -162,7 +171,8 @@ class DualPromptCLIP(nn.Module):
         if self.visual_prompts is not None:
             text_vectors = self.attribute() if self.config.coupled else None
             prompts = self.visual_prompts(text_vectors)
-        features = towers.encode_image(self.clip.visual, image, prompts)
+        lora = self.image_lora() if self.image_lora is not None else None
+        features = towers.encode_image(self.clip.visual, image, prompts, block_deltas=lora)
         if self.image_adapter is not None:
             features = self.image_adapter(features)
         return F.normalize(features, dim=-1) if normalize else features

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -100,3 +102,28 @@ class VisualPrompts(nn.Module):
         if text_vectors is None:
             raise ValueError("coupled visual prompts need the attribute text vectors")
         return [proj(text_vectors[j]) for j, proj in enumerate(self.coupling)]
+
+
+class LowRankAttention(nn.Module):
+    """CLIP-LoRA's low-rank updates of one tower's attention projections, every layer.
+
+    For each target t (q, k, v, o) and layer l: delta W = alpha / sqrt(r) * B[l] @ A[l], with
+    A (r, W) Kaiming-uniform and B (W, r) zero at the start (CLIP-LoRA's init and scaling).
+    The module only makes the deltas; `towers` adds them to the frozen weights for a call.
+    """
+
+    def __init__(self, layers: int, width: int, rank: int, alpha: float,
+                 targets: list[str]) -> None:
+        super().__init__()
+        self.targets, self.scaling = list(targets), alpha / math.sqrt(rank)
+        a = torch.empty(len(self.targets), layers, rank, width)
+        for block in a.view(-1, rank, width):
+            nn.init.kaiming_uniform_(block, a=math.sqrt(5))  # as nn.Linear's weight
+        self.a = nn.Parameter(a)  # (T, L, r, W)
+        self.b = nn.Parameter(torch.zeros(len(self.targets), layers, width, rank))  # (T, L, W, r)
+
+    def forward(self) -> list[dict[str, Tensor]]:
+        """Per layer, {target: delta (W, W)}."""
+        deltas = self.scaling * (self.b @ self.a)  # (T, L, W, W)
+        return [{t: deltas[i, layer] for i, t in enumerate(self.targets)}
+                for layer in range(deltas.shape[1])]

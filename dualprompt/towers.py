@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
@@ -52,17 +53,47 @@ def vision_width(clip: CLIP) -> int:
     return clip.visual.class_embedding.shape[0]
 
 
+# A per-layer {target: delta (W, W)} of CLIP-LoRA (see `prompts.LowRankAttention`).
+BlockDeltas = Optional[Sequence[dict[str, Tensor]]]
+
+
+def run_block(block: nn.Module, x: Tensor, deltas: Optional[dict[str, Tensor]] = None,
+              **kwargs) -> Tensor:
+    """One open_clip `ResidualAttentionBlock`, with low-rank deltas added to its attention
+    projections for this call only (q, k, v in ``attn.in_proj_weight``, o in
+    ``attn.out_proj.weight``): the module's own weights are never written."""
+    if not deltas:
+        return block(x, **kwargs)
+    attn = block.attn
+    if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+        raise NotImplementedError(f"LoRA needs nn.MultiheadAttention blocks with a packed "
+                                  f"in_proj_weight; got {type(attn).__name__}")
+    weights = {}
+    in_proj = [deltas.get(t) for t in ("q", "k", "v")]
+    if any(d is not None for d in in_proj):
+        w = attn.in_proj_weight  # (3W, W): q, k, v stacked
+        zero = w.new_zeros(w.shape[0] // 3, w.shape[1])
+        weights["attn.in_proj_weight"] = w + torch.cat(
+            [zero if d is None else d.to(w.dtype) for d in in_proj])
+    if deltas.get("o") is not None:
+        w = attn.out_proj.weight
+        weights["attn.out_proj.weight"] = w + deltas["o"].to(w.dtype)
+    return functional_call(block, weights, (x,), kwargs, strict=False)
+
+
 def text_hidden(
         clip: CLIP,
         x: Tensor,
         deep_prompts: Sequence[Tensor] = (),
         prompt_start: int = 1,
+        block_deltas: BlockDeltas = None,
 ) -> Tensor:
     """Text transformer from token embeddings to per-position states after ``ln_final``.
 
     x: (B, L, W) token embeddings, L <= context_length, prompts already inserted.
     deep_prompts[i]: (k, W) or (B, k, W), replaces positions ``prompt_start:prompt_start+k``
         at the input of layer i + 1 (MaPLe-style deep prompts).
+    block_deltas[i]: CLIP-LoRA deltas of layer i (None: the frozen weights).
     Returns (B, L, W).
     """
     seq_len = x.shape[1]
@@ -74,7 +105,7 @@ def text_hidden(
     for i, block in enumerate(clip.transformer.resblocks):
         if 0 < i <= len(deep_prompts):
             x = _replace(x, deep_prompts[i - 1], prompt_start)
-        x = block(x, attn_mask=attn_mask)
+        x = run_block(block, x, block_deltas[i] if block_deltas else None, attn_mask=attn_mask)
     return clip.ln_final(x)  # (B, L, W)
 
 
@@ -115,6 +146,7 @@ def encode_image(
         visual: VisionTransformer,
         images: Tensor,
         prompts: Sequence[Tensor] = (),
+        block_deltas: BlockDeltas = None,
 ) -> Tensor:
     """ViT forward with visual prompt tokens appended to the token sequence.
 
@@ -123,6 +155,7 @@ def encode_image(
         embedding and before ``ln_pre``; prompts[i] for i >= 1 replaces those v tokens at the
         input of layer i (deep). The prompt tokens are dropped before pooling, so every pool
         type (class token, average, attention pooling) sees the original tokens.
+    block_deltas[i]: CLIP-LoRA deltas of layer i (None: the frozen weights).
     Returns (B, D).
     """
     x = visual.conv1(images)  # (B, Wv, g, g)
@@ -137,7 +170,7 @@ def encode_image(
     for i, block in enumerate(visual.transformer.resblocks):
         if 0 < i < len(prompts):
             x = _replace(x, prompts[i], x.shape[1] - n_prompt)
-        x = block(x)
+        x = run_block(block, x, block_deltas[i] if block_deltas else None)
     if n_prompt:
         x = x[:, :-n_prompt]
     pooled, _ = visual._pool(x)

@@ -51,6 +51,7 @@ def test_torchrun_recipe(toy, tiny_config_file):  # noqa: F811
     ["trainer=ddp", "trainer.devices=4"],
     ["trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4", "hydra.run.dir=outputs/fdrd/123"],
 ])
+@pytest.mark.slow  # a CLI process per recipe
 def test_gpu_recipes_compose(tmp_path, overrides):
     """The README's GPU and SLURM recipes (no GPU here): their configs compose (--cfg job)."""
     from omegaconf import OmegaConf

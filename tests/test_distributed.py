@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import open_clip
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -74,6 +75,7 @@ def _worker(rank: int, world: int, init_file: str, model_config: str, out: str) 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes over gloo
 def test_two_processes_equal_one(tmp_path, tiny_config_file):
     out = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tiny_config_file), str(out)),

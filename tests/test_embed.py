@@ -122,6 +122,7 @@ def test_caption_json_embeddings_equal_the_prompted_model(toy, caption_run, refe
     assert manifest["versions"]["torch"] and manifest["versions"]["open_clip_torch"]
 
 
+@pytest.mark.slow  # two embed runs
 def test_folder_zero_shot_and_captions_text_file(toy, reference):
     clip, model = reference
     folder = toy["karpathy"]  # images/*.png and captions.json: the folder run takes the images

@@ -10,6 +10,7 @@ import torch
 from dualprompt import DualPromptCLIP, PromptConfig, token_weights
 from dualprompt.reweighting import blank_image_features, frozen_token_features
 from dualprompt.tokens import length_groups
+from dualprompt.data.datasets import TrainBatch
 from dualprompt.training.module import PromptRetrievalModule
 from dualprompt.training.schema import LossConfig
 
@@ -83,11 +84,11 @@ def test_shared_query_falls_back_when_prompts_cut_a_caption(tiny_clip, tokenizer
 def _batch(text, k=2):
     torch.manual_seed(4)
     b = text.shape[0]
-    return {"image": torch.randn(b, 3, 32, 32), "tokens": text,
-            "negative_tokens": text[torch.randperm(b)][:, None].repeat(1, k, 1),
-            "negative_mask": torch.rand(b, k) > 0.2,
-            "negative_categories": torch.randint(0, 3, (b, k)),
-            "category": torch.randint(0, 3, (b,))}
+    return TrainBatch(image=torch.randn(b, 3, 32, 32), tokens=text,
+                      negative_tokens=text[torch.randperm(b)][:, None].repeat(1, k, 1),
+                      negative_mask=torch.rand(b, k) > 0.2,
+                      negative_categories=torch.randint(0, 3, (b, k)),
+                      category=torch.randint(0, 3, (b,)))
 
 
 def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, text):

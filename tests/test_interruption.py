@@ -48,9 +48,11 @@ class Pause(L.Callback):
 build = cli.build_trainer
 cli.build_trainer = lambda *a, callbacks, **k: build(*a, callbacks=[*callbacks, Pause()], **k)
 register_configs()
-hydra.main(config_path=str(Path(cli.__file__).parent / "conf"), config_name="train",
-           version_base=None)(cli.main.__wrapped__)()
+hydra.main(config_path=str(Path(cli.__file__).parents[1] / "conf"), config_name="train",
+           version_base=None)(cli._main.__wrapped__)()
 """
+
+pytestmark = pytest.mark.slow  # kills and resumes real training processes
 
 
 def start_paused(toy: dict, run_dir: Path, epoch: int, batch: int,

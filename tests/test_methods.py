@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from tests.test_train_cli import run_cli, toy  # noqa: F401  (module fixture)
 
+pytestmark = pytest.mark.slow  # every method through the CLI: ~3 min on 2 cores
+
 # the tiny model has 3 layers per tower: presets deeper than that are cut to it
 METHODS = {
     "dualprompt": ([], {"model.attribute.vectors", "model.subcategory.vectors",
@@ -24,6 +26,10 @@ METHODS = {
                                             for i in range(3) for p in ("weight", "bias"))}),
     "clip_adapter": ([], {f"model.{side}_adapter.mlp.{i}.weight"
                           for side in ("image", "text") for i in (0, 2)}),
+    "clip_lora": ([], {f"model.{side}_lora.{m}" for side in ("image", "text") for m in "ab"}),
+    "kgcoop": (["trainer.log_every_n_steps=1"], {"model.attribute.vectors"}),
+    "promptsrc": (["prompt.text_depth=3", "prompt.visual_depth=3", "trainer.log_every_n_steps=1"],
+                  {"model.attribute.vectors", "model.visual_prompts.vectors"}),
 }
 
 
@@ -40,6 +46,13 @@ def test_prompt_methods_train_and_write_results(toy, tiny_config_file, method): 
     assert results["trainable_parameters"] > 0 and results["train_seconds"] > 0
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(ckpt["state_dict"]) == learned
+    log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
+    if method == "kgcoop":
+        assert "train/loss_text_consistency" in _logged(run_dir)
+    if method == "promptsrc":  # the three consistency terms, and the aggregate is exported
+        assert {"train/loss_text_consistency", "train/loss_image_consistency",
+                "train/loss_logit_consistency"} <= _logged(run_dir)
+        assert "Gaussian prompt aggregation" in log
     if method == "coop_csc":  # one set of 16 vectors per training class of the toy data
         classes = {r["class_name"] for split in ("toy_a", "toy_b")
                    for r in json.loads((toy["tmp"] / "data" / split / "train.json")
@@ -98,3 +111,9 @@ def test_full_finetune_exports_an_open_clip_folder_that_reproduces_its_metrics(
                    "trainer.max_epochs=3", "optim.lr=1e-3", "ckpt_path=last")
     assert "Restored all states" in proc.stdout + proc.stderr
 
+
+
+def _logged(run_dir) -> set[str]:
+    """The metric names the CSV logger wrote."""
+    header = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0]
+    return set(header.split(","))

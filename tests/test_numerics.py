@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dualprompt import DualPromptCLIP, PromptConfig
+from dualprompt.data.datasets import TrainBatch
 from dualprompt.training.factory import build_trainer
 from dualprompt.training.module import PromptRetrievalModule
 from dualprompt.training.schema import LossConfig, OptimConfig, TrainerConfig
@@ -17,10 +18,11 @@ from tests.test_train_cli import toy  # noqa: F401  (module fixture)
 def _batches(tokenizer, n=4):
     torch.manual_seed(0)
     tokens = tokenizer([f"a photo of thing {i}" for i in range(4)])
-    return [{"image": torch.randn(4, 3, 32, 32), "tokens": tokens,
-             "negative_tokens": tokens[:, None].expand(4, 1, -1).clone(),
-             "negative_mask": torch.zeros(4, 1, dtype=torch.bool),
-             "negative_categories": torch.full((4, 1), -1), "category": torch.zeros(4, dtype=torch.long)}
+    return [TrainBatch(image=torch.randn(4, 3, 32, 32), tokens=tokens,
+                       negative_tokens=tokens[:, None].expand(4, 1, -1).clone(),
+                       negative_mask=torch.zeros(4, 1, dtype=torch.bool),
+                       negative_categories=torch.full((4, 1), -1),
+                       category=torch.zeros(4, dtype=torch.long))
             for _ in range(n)]
 
 
@@ -77,6 +79,7 @@ def test_losses_of_bf16_features_are_fp32_even_under_autocast():
         torch.testing.assert_close(exact, want, rtol=1e-6, atol=0)  # fp32 maths under autocast
 
 
+@pytest.mark.slow  # a real bf16 training run
 def test_bf16_mixed_training_run_on_cpu(toy, tiny_config_file):  # noqa: F811
     import json
 

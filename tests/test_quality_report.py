@@ -27,6 +27,7 @@ def _report(out: Path, cache: Path) -> str:
     return (out / "quality.md").read_text()
 
 
+@pytest.mark.slow  # rebuilds the world and the report
 @pytest.mark.skipif(not RUNS.is_file(), reason="no committed runs file")
 def test_report_only_rebuilds_tables_with_the_ceiling_and_the_runs_revision(tmp_path):
     out = tmp_path / "results"

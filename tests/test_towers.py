@@ -9,21 +9,22 @@ from dualprompt import DualPromptCLIP, PromptConfig, base_fingerprint
 OFF = PromptConfig(attribute_length=0, subcategory_length=0, visual_length=0)
 
 
-@pytest.mark.parametrize("trim, rtol", [(False, 0.0), (True, 1e-6)])
-def test_all_lengths_zero_matches_open_clip(tiny_clip, batch, trim, rtol):
+@pytest.mark.parametrize("trim, atol", [(False, 1e-6), (True, 1e-5)])
+def test_all_lengths_zero_matches_open_clip(tiny_clip, batch, trim, atol):
     """Untrimmed, the re-run text tower is open_clip's to 1e-6; trimming the padding changes
-    only the float summation order of the attention (relative error ~1e-7)."""
+    only the float summation order of the attention (seen: 1.1e-6 on one of 128 values with
+    torch 2.14, so 1e-5 there)."""
     images, tokens = batch
     model = DualPromptCLIP(tiny_clip, OFF, trim_context=trim)
     assert model.num_trainable_parameters() == 0
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokens), tiny_clip.encode_text(tokens),
-                                   atol=1e-6, rtol=rtol)
+                                   atol=atol, rtol=0)
         torch.testing.assert_close(model.encode_image(images), tiny_clip.encode_image(images),
                                    atol=1e-6, rtol=0)
         ours, theirs = model(images, tokens), tiny_clip(images, tokens)
     for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=rtol)
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
 def test_avg_pool_tower_drops_prompts_before_pooling(tiny_config_file, batch):

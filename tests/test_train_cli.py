@@ -87,6 +87,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(toy, tiny_config_file):
     assert "ckpt_path=last but there is no" in proc.stderr
 
 
+@pytest.mark.slow  # a training run with wandb
 def test_wandb_offline_run_folder(toy, tiny_config_file):
     run_dir = toy["tmp"] / "wandb_run"
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(toy["tmp"]),
@@ -100,7 +101,7 @@ def test_wandb_offline_run_folder(toy, tiny_config_file):
     assert (run_dir / "results.json").is_file()
 
 
-@pytest.mark.parametrize("full_error", [False, True])
+@pytest.mark.parametrize("full_error", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_missing_file_is_one_clean_line_unless_hydra_full_error(toy, full_error):
     cmd = [sys.executable, "-m", "dualprompt.train", f"hydra.searchpath=[file://{toy['conf']}]",
            "dataset=toy", "model=tiny", f"model.pretrained={toy['weights']}", "trainer=cpu",

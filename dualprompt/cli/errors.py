@@ -24,10 +24,19 @@ def user_errors(log: logging.Logger) -> Iterator[None]:
     except USER_ERRORS as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s: %s", type(e).__name__, _last_line(str(e)))
-        print("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
-              file=sys.stderr)
+        message = f"{type(e).__name__}: {_last_line(str(e))}"
+        _to_log_files(log, message)
+        print(f"Error: {message}\nSet the environment variable HYDRA_FULL_ERROR=1 for a "
+              "complete stack trace.", file=sys.stderr)  # as Hydra reports its own errors
         raise SystemExit(1) from None
+
+
+def _to_log_files(log: logging.Logger, message: str) -> None:
+    """The error in the run's log file (Hydra's <job>.log) too, not twice on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _last_line(message: str) -> str:

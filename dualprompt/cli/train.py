@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ..loading import LoadedClip, load_clip
-from ..training.callbacks import ExportBestPrompts
+from ..training.callbacks import ExportBestPrompts, GaussianPromptAggregation
 from ..training.datamodule import RetrievalDataModule
 from ..training.factory import build_logger, build_trainer, eval_trainer, resolve_ckpt_path
 from ..training.methods import method_for
@@ -92,9 +92,13 @@ def build_data(cfg: TrainConfig, clip: LoadedClip) -> RetrievalDataModule:
 
 def fit(cfg: TrainConfig, run_dir: Path, module: PromptRetrievalModule,
         data: RetrievalDataModule, artifact: Path, save, logger) -> dict:
-    """Train with validation every epoch; the best epoch by `cfg.monitor` goes to `artifact`."""
+    """Train with validation every epoch; the best epoch by `cfg.monitor` (or, with
+    `method.gpa_mean`, the Gaussian-weighted average of the epochs) goes to `artifact`."""
+    export = (ExportBestPrompts(artifact, cfg.monitor, save=save) if cfg.method.gpa_mean is None
+              else GaussianPromptAggregation(artifact, cfg.method.gpa_mean, cfg.method.gpa_std,
+                                             cfg.trainer.max_epochs, save=save))
     trainer = build_trainer(cfg.trainer, run_dir, monitor=cfg.monitor, logger=logger,
-                            callbacks=[ExportBestPrompts(artifact, cfg.monitor, save=save)])
+                            callbacks=[export])
     fit_start = time.time()
     # weights_only: a checkpoint from elsewhere cannot run code when it is loaded
     trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir),

@@ -6,15 +6,17 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import towers
 from ..data.datasets import GalleryBatch, TrainBatch
-from ..losses import (category_loss, category_weights, contrastive_loss,
-                      gathered_contrastive_loss)
+from ..losses import (category_loss, category_weights, contrastive_loss, feature_consistency,
+                      gathered_contrastive_loss, logit_consistency)
 from ..metrics import summarize_domains
 from ..reweighting import blank_image_features, frozen_token_features, token_weights
-from .retrieval_metric import RetrievalRecall
 from ..schedule import warmup_cosine
+from .retrieval_metric import RetrievalRecall
 from .schema import LossConfig, OptimConfig
 
 log = logging.getLogger(__name__)
@@ -80,12 +82,41 @@ class PromptRetrievalModule(L.LightningModule):
                                             positive_tokens=positive, positive_query=query)
             self.log("train/loss_cate", loss_cate)
             total = total + cfg.category_weight * loss_cate
+        total = total + self._consistency(batch, image_features, text_features, scale)
         if not total.requires_grad:
             raise RuntimeError("no loss term is switched on (loss.contrastive=false and no "
                                "negatives / loss.category_negatives=false)")
         if not torch.isfinite(total.detach()):
             raise FloatingPointError(self._non_finite_message(total))
         self.log("train/loss", total, prog_bar=True)
+        return total
+
+    def _consistency(self, batch: TrainBatch, image_features: Tensor, text_features: Tensor,
+                     scale: Tensor) -> Tensor:
+        """Weighted distances to the frozen CLIP (KgCoOp / PromptSRC terms); 0 when all off."""
+        cfg, clip = self.loss_cfg, self.model.clip
+        total = torch.zeros((), device=image_features.device)
+        need_text = cfg.text_consistency > 0 or cfg.logit_consistency > 0
+        need_image = cfg.image_consistency > 0 or cfg.logit_consistency > 0
+        with torch.no_grad():
+            frozen_text = (F.normalize(towers.text_features(clip, batch.tokens), dim=-1)
+                           if need_text else None)
+            frozen_image = (F.normalize(towers.encode_image(clip.visual, batch.image), dim=-1)
+                            if need_image else None)
+        distance = str(cfg.consistency_distance)
+        if cfg.text_consistency > 0:
+            term = feature_consistency(text_features, frozen_text, distance)
+            self.log("train/loss_text_consistency", term)
+            total = total + cfg.text_consistency * term
+        if cfg.image_consistency > 0:
+            term = feature_consistency(image_features, frozen_image, distance)
+            self.log("train/loss_image_consistency", term)
+            total = total + cfg.image_consistency * term
+        if cfg.logit_consistency > 0:
+            term = logit_consistency(scale * image_features.float() @ text_features.float().t(),
+                                     scale * frozen_image.float() @ frozen_text.float().t())
+            self.log("train/loss_logit_consistency", term)
+            total = total + cfg.logit_consistency * term
         return total
 
     def _blank(self) -> Optional[Tensor]:

@@ -28,6 +28,13 @@ class CategoryLevel(StrEnum):
     meta = "meta"  # the meta-category (DomainConfig.meta_categories)
 
 
+class Distance(StrEnum):
+    """How far learned features are from the frozen CLIP's (`losses.feature_consistency`)."""
+
+    cosine = "cosine"  # 1 - cosine (KgCoOp)
+    l1 = "l1"  # mean absolute difference (PromptSRC)
+
+
 class Optimizer(StrEnum):
     sgd = "sgd"
     adamw = "adamw"
@@ -153,6 +160,13 @@ class LossConfig:
     category_level: CategoryLevel = CategoryLevel.fine
     reweighting: bool = True  # dynamic token re-weighting of the positive captions
     reweighting_strength: float = 1.0
+    # consistency with the frozen CLIP (0: off): the prompted caption / image features against
+    # the frozen ones (KgCoOp: text 8.0, cosine; PromptSRC: text 25, image 10, l1), and the
+    # batch's image->text logits against the frozen logits (PromptSRC: 1.0, KL)
+    text_consistency: float = 0.0
+    image_consistency: float = 0.0
+    logit_consistency: float = 0.0
+    consistency_distance: Distance = Distance.cosine
 
 
 @dataclass
@@ -162,6 +176,10 @@ class MethodConfig:
     name: str = "dualprompt"  # the row label in results.json and the quality tables
     trains: Trains = Trains.prompts
     class_specific: bool = False  # CoOp's CSC: attribute vectors per class of the train split
+    # PromptSRC's Gaussian prompt aggregation: export the Gaussian-weighted average of the
+    # epochs (mean and std as fractions of trainer.max_epochs) instead of the best epoch
+    gpa_mean: Optional[float] = None  # null: off (the best epoch by `monitor`)
+    gpa_std: float = 0.05
 
 
 @dataclass

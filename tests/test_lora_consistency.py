@@ -1,0 +1,105 @@
+"""CLIP-LoRA on the towers, the consistency terms (KgCoOp, PromptSRC) and Gaussian prompt
+aggregation: parity at the start, what trains, the file round trip, the formulas."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualprompt import (DualPromptCLIP, PromptConfig, feature_consistency, load_prompts,
+                        logit_consistency)
+from dualprompt.training.callbacks import GaussianPromptAggregation
+from tests.conftest import make_tiny_clip
+
+LORA = PromptConfig(attribute_length=0, subcategory_length=0, visual_length=0, lora_rank=2,
+                    lora_targets=["q", "k", "v", "o"])
+
+
+def test_lora_starts_as_the_frozen_clip(tiny_clip, batch):
+    images, tokens = batch
+    model = DualPromptCLIP(tiny_clip, LORA)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), tiny_clip.encode_image(images),
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.encode_text(tokens), tiny_clip.encode_text(tokens),
+                                   atol=1e-5, rtol=0)
+    # 2 x (3 layers x 4 targets x (A: 2 x 64 + B: 64 x 2)) per tower
+    assert model.num_trainable_parameters() == 2 * 3 * 4 * (2 * 64 + 64 * 2)
+
+
+def test_lora_trains_only_its_tensors_and_leaves_the_clip_untouched(tiny_clip, batch, tmp_path):
+    images, tokens = batch
+    before = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
+    model = DualPromptCLIP(tiny_clip, LORA)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = -(model.encode_image(images, normalize=True)
+                 * model.encode_text(tokens, normalize=True)).sum()
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in tiny_clip.parameters())
+        opt.step()
+    assert all(torch.equal(before[k], v) for k, v in tiny_clip.state_dict().items())
+    with torch.no_grad():
+        moved = (model.encode_text(tokens) - tiny_clip.encode_text(tokens)).abs().max()
+        assert moved > 1e-3  # B left zero: the update is live
+        path = model.save_prompts(tmp_path / "lora.safetensors")
+        loaded = load_prompts(path, make_tiny_clip())
+        torch.testing.assert_close(loaded.encode_text(tokens), model.encode_text(tokens),
+                                   atol=0, rtol=0)
+        torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images),
+                                   atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"lora_rank": -1}, "lora_rank"), ({"lora_rank": 2, "lora_targets": ["q", "x"]}, "lora_targets"),
+    ({"lora_rank": 2, "lora_targets": []}, "lora_targets")])
+def test_lora_fields_are_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        PromptConfig(**fields)
+
+
+def test_feature_consistency_by_hand():
+    a = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), dim=-1)
+    b = F.normalize(torch.tensor([[0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    assert feature_consistency(a, b, "cosine").item() == pytest.approx(1 - (0 + 1) / 2)
+    assert feature_consistency(a, b, "l1").item() == pytest.approx((a - b).abs().mean().item())
+    assert feature_consistency(a, a, "cosine").item() == pytest.approx(0, abs=1e-6)
+    learned = a.clone().requires_grad_(True)
+    frozen = b.clone().requires_grad_(True)
+    feature_consistency(learned, frozen, "l1").backward()
+    assert learned.grad is not None and frozen.grad is None  # the frozen side is a target
+    with pytest.raises(ValueError, match="cosine or l1"):
+        feature_consistency(a, b, "l2")
+
+
+def test_logit_consistency_is_the_kl_to_the_frozen_logits():
+    logits, frozen = torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    p, q = frozen.softmax(1), logits.softmax(1)
+    expected = (p * (p.log() - q.log())).sum() / logits.numel()
+    assert logit_consistency(logits, frozen).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert logit_consistency(frozen, frozen).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_gaussian_prompt_aggregation_averages_the_epochs_by_their_weights(tiny_clip, tmp_path):
+    """PromptSRC's weights (epochs from 1, a Gaussian at mean * epochs), and the exported
+    prompt file holds the weighted mean of the end-of-epoch tensors."""
+    model = DualPromptCLIP(tiny_clip, PromptConfig(attribute_length=2, subcategory_length=0,
+                                                   visual_length=0, attribute_init=None))
+    gpa = GaussianPromptAggregation(tmp_path / "p.safetensors", mean=0.75, std=0.25,
+                                    max_epochs=4, save=lambda m, path: m.save_prompts(path))
+    density = [math.exp(-0.5 * ((e / 4 - 0.75) / 0.25) ** 2) for e in (1, 2, 3, 4)]
+    assert gpa.weights == pytest.approx([d / sum(density) for d in density])
+    module = SimpleNamespace(model=model)  # what the callback reads of the LightningModule
+    for epoch in range(4):
+        with torch.no_grad():
+            model.attribute.vectors.fill_(float(epoch))
+        gpa.on_train_epoch_end(SimpleNamespace(current_epoch=epoch), module)
+    gpa.on_fit_end(SimpleNamespace(current_epoch=4, is_global_zero=True), module)
+    expected = sum(w * e for w, e in zip(gpa.weights, range(4)))
+    loaded = load_prompts(tmp_path / "p.safetensors", make_tiny_clip())
+    torch.testing.assert_close(loaded.attribute.vectors,
+                               torch.full_like(loaded.attribute.vectors, expected))
