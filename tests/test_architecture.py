@@ -12,7 +12,7 @@ PACKAGE = ROOT / "dualprompt"
 DOC = ROOT / "docs" / "architecture.md"
 STACK = {"lightning", "pytorch_lightning", "hydra", "omegaconf", "torchmetrics", "wandb",
          "matplotlib", "tqdm"}
-ENTRY = {"train", "evaluate", "embed"}
+ENTRY = {"train", "evaluate", "embed", "check_data"}
 OPEN_CLIP_INTERNALS_ALLOWED = {"dualprompt.towers", "dualprompt.loading"}
 
 

@@ -41,10 +41,22 @@ def test_every_dataset_config_composes_into_the_schema(dataset):
 
 def test_fdrd_in_domain_and_cross_domain_splits():
     fdrd = OmegaConf.to_object(_compose("train", ["dataset=fdrd"])).dataset
-    assert fdrd.train_domains == fdrd.test_domains == FDRD_DOMAINS
+    assert fdrd.test_domains == FDRD_DOMAINS
+    # food101 has no released train captions: a test domain only, here and cross-domain
+    assert fdrd.train_domains == [d for d in FDRD_DOMAINS if d != "food101"]
+    assert fdrd.domains["food101"].train is None and "food-101" in fdrd.domains["food101"].note
     cross = OmegaConf.to_object(_compose("train", ["dataset=fdrd_cross"])).dataset
     assert set(cross.train_domains).isdisjoint(cross.test_domains)
     assert set(cross.train_domains) | set(cross.test_domains) == set(FDRD_DOMAINS)
+    assert "food101" in cross.test_domains
+    # every caption file has a name the release used
+    released = {"inter_caltech-101_train.json", "inter_caltech-101_test.json", "pets_train.json",
+                "pets_test.json", "inter_car_train.json", "car_test.json", "flower_train.json",
+                "flower_test.json", "inter_food_test.json", "plane_train.json", "plane_test.json",
+                "inter_sun397_train.json", "inter_sun397_test.json", "inter_dtd_train.json",
+                "inter_dtd_test.json", "inter_ucf101_train.json", "inter_ucf101_test.json"}
+    names = {getattr(d, s) for d in fdrd.domains.values() for s in ("train", "test")} - {None}
+    assert names == released
 
 
 @pytest.mark.parametrize("group", ["method", "prompt", "loss", "optim", "trainer", "logger",

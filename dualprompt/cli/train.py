@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..loading import LoadedClip, load_clip
 from ..training.callbacks import ExportBestPrompts, GaussianPromptAggregation
+from ..training.data_check import check_dataset, format_report, token_counter
 from ..training.datamodule import RetrievalDataModule
 from ..training.factory import build_logger, build_trainer, eval_trainer, resolve_ckpt_path
 from ..training.methods import method_for
@@ -46,6 +47,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     # generator) must not make a first run differ from a run on the cache
     L.seed_everything(cfg.seed, workers=True)
     clip = load_base(cfg.model)
+    data_check = check_dataset(cfg.dataset, token_counter(clip.tokenizer),
+                               clip.model.context_length - cfg.prompt.text_length)
+    log.info("data check:\n%s", format_report(data_check))
     data = build_data(cfg, clip)
     method = method_for(cfg.method.trains)
     config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
@@ -65,7 +69,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
         zero_shot.model = method.zero_shot_model(clip, lambda: load_base(cfg.model))
     else:
         results.update(trainable_parameters=0, epochs_trained=0, train_seconds=0.0)
-    results["data"] = data.summary()
+    results.update(data=data.summary(), data_check=data_check)
     tester = eval_trainer(cfg.trainer, run_dir)
     results.update(evaluate_splits(cfg, tester, data, module, zero_shot))
     results.update(elapsed_s=round(time.time() - start, 1), config=config, versions=versions(),

@@ -135,12 +135,7 @@ class RetrievalDataModule(L.LightningDataModule):
         return splits
 
     def _records(self, root: Path, name: str, dom: DomainConfig, split: str) -> list[ImageRecord]:
-        file = getattr(dom, split)
-        if not file:
-            raise ValueError(f"dataset.domains.{name}.{split} is not set")
-        path = root / file
-        if not path.is_file():
-            raise FileNotFoundError(f"domain {name}: {split} caption file not found: {path}")
+        path = caption_file(self.cfg, name, dom, split)
         if CaptionFormat(dom.format) == CaptionFormat.fdrd:
             records, self.reports[f"{name}/{split}"] = load_fdrd_json(path, domain=name)
         else:
@@ -236,6 +231,30 @@ class RetrievalDataModule(L.LightningDataModule):
             return None
         world = self.trainer.world_size if self.trainer is not None else 1
         return self._resume["epoch"], self._resume["batches_done"] * self.batch_size * world
+
+
+def caption_file(cfg: DatasetConfig, name: str, dom: DomainConfig, split: str) -> Path:
+    """The caption file of a domain's split: under `dataset.captions` (or the root), in a
+    `<split>/` subfolder or flat, as the FDRD release is laid out in its revisions."""
+    file = getattr(dom, split)
+    if not file:
+        if split == "train":
+            raise ValueError(
+                f"domain {name}: no train caption file (dataset.domains.{name}.train is null). "
+                f"{dom.note + '. ' if dom.note else ''}Use it as a test domain "
+                "(dataset.test_domains, e.g. dataset=fdrd_cross) or give your own: "
+                f"dataset.domains.{name}.train=<file>")
+        raise ValueError(f"domain {name}: dataset.domains.{name}.{split} is not set"
+                         + (f" ({dom.note})" if dom.note else ""))
+    base = Path(cfg.captions if cfg.captions else cfg.root).expanduser()
+    tried = [base / split / file, base / file]
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"domain {name}: {split} caption file {file!r} not found: tried "
+                                f"{', '.join(str(p) for p in tried)}"
+                                + ("" if cfg.captions else
+                                   " (dataset.captions sets the caption folder)"))
+    return found
 
 
 def _init_worker(worker_id: int, rank: int) -> None:

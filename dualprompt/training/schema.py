@@ -2,6 +2,8 @@
 misspelled key or a wrong type fails when Hydra composes the config, not an hour into a run."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -116,6 +118,7 @@ class DomainConfig:
     images: str = "."  # image folder, relative to the dataset root
     format: CaptionFormat = CaptionFormat.fdrd
     meta_categories: Optional[str] = None  # JSON {class: meta-category}, relative to the root
+    note: Optional[str] = None  # said when a split the run needs has no file (e.g. no release)
 
 
 @dataclass
@@ -127,8 +130,14 @@ class NegativesConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = MISSING  # folder holding caption files and images
-    domains: dict[str, DomainConfig] = field(default_factory=dict)
+    root: str = MISSING  # the images' folder (FDRD: CoOp's $DATA); caption files too by default
+    # the folder holding the caption files, flat or with train/ and test/ inside (FDRD: the
+    # release's FDRD/ folder); null: `root`
+    captions: Optional[str] = None
+    # name -> DomainConfig. Typed as Any so that a whole domain can be added on the command line
+    # (+dataset.domains.mine={train: ..., test: ..., images: ...}), which OmegaConf refuses for
+    # a dict of dataclasses; every entry is checked against DomainConfig in __post_init__.
+    domains: dict[str, Any] = field(default_factory=dict)
     train_domains: list[str] = field(default_factory=list)
     test_domains: list[str] = field(default_factory=list)  # each evaluated on its own gallery
     val_fraction: float = 0.1
@@ -136,6 +145,30 @@ class DatasetConfig:
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     generate: Optional[OfflineAsset] = None  # world: build the offline world if missing
     generate_args: WorldArgs = field(default_factory=lambda: WorldArgs())
+
+    def __post_init__(self) -> None:
+        self.domains = {name: as_domain(name, d) for name, d in self.domains.items()}
+
+
+def as_domain(name: str, value: Any) -> DomainConfig:
+    """A `DomainConfig` from a config mapping; a wrong key or value names the domain."""
+    if isinstance(value, DomainConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"dataset.domains.{name} must be a mapping of DomainConfig fields, "
+                         f"got {value!r}")
+    known = [f.name for f in dataclasses.fields(DomainConfig)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"dataset.domains.{name}: unknown key(s) {unknown}; known: {known}")
+    values = dict(value)
+    if "format" in values:
+        try:
+            values["format"] = CaptionFormat(values["format"])
+        except ValueError:
+            raise ValueError(f"dataset.domains.{name}.format must be one of "
+                             f"{[f.value for f in CaptionFormat]}, got {values['format']!r}") from None
+    return DomainConfig(**values)
 
 
 @dataclass
