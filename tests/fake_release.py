@@ -60,3 +60,27 @@ def write_release(root: Path, flat: bool = False) -> tuple[Path, Path]:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / file).write_text(json.dumps(records))
     return data, fdrd
+
+
+def write_catalogue(root: Path, per_class: dict | None = None) -> dict[str, Path]:
+    """The same small catalogue as CSV (tab-separated, open_clip's columns plus a class
+    column), JSONL (metadata.jsonl style) for train and test; images in root/images."""
+    per_class = per_class or {"train": 4, "test": 2}
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, n in per_class.items():
+        rows = []
+        for c, (cls, (colour, pattern)) in enumerate(CLASSES.items()):
+            for i in range(n):
+                name = f"images/{cls}_{split}_{i}.png"
+                _image(colour, pattern, seed=hash(("cat", split, c, i)) % 2**32).save(root / name)
+                rows.append((name, f"a {cls} item, {colour} with {pattern}, {split} number {i}",
+                             cls))
+        csv_path = root / f"{split}.csv"
+        csv_path.write_text("filepath\ttitle\tlabel\n" + "".join(
+            f"{p}\t{t}\t{c}\n" for p, t, c in rows))
+        jsonl_path = root / f"{split}.jsonl"
+        jsonl_path.write_text("".join(json.dumps({"file_name": p, "text": t, "label": c}) + "\n"
+                                      for p, t, c in rows))
+        files[f"{split}_csv"], files[f"{split}_jsonl"] = csv_path, jsonl_path
+    return files

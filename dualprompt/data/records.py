@@ -21,6 +21,8 @@ class CaptionFormat(StrEnum):
 
     fdrd = "fdrd"  # FDRD caption JSON (all three record shapes of the release)
     karpathy = "karpathy"  # Karpathy-split JSON (dataset_coco.json, dataset_flickr30k.json)
+    csv = "csv"  # CSV/TSV, open_clip's conventions (data/custom.py)
+    jsonl = "jsonl"  # JSON lines, Hugging Face imagefolder's metadata.jsonl (data/custom.py)
 
 
 class KarpathySplit(StrEnum):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..data import load_fdrd_json, load_karpathy_json
+from ..data.custom import load_table
 from ..data.datasets import check_image
 from ..data.images import ImageIndex
 from ..data.records import CaptionFormat
@@ -61,8 +62,12 @@ def _check_split(cfg: DatasetConfig, name: str, dom, split: str,
     if CaptionFormat(dom.format) == CaptionFormat.fdrd:
         records, fdrd = load_fdrd_json(path, domain=name)
         defects = {k: d.count for k, d in fdrd.defects().items()}
-    else:
+    elif CaptionFormat(dom.format) == CaptionFormat.karpathy:
         records = load_karpathy_json(path, split)
+    else:
+        records = load_table(path, CaptionFormat(dom.format).value, img_key=cfg.img_key,
+                             caption_key=cfg.caption_key, class_key=cfg.class_key,
+                             separator=cfg.separator, domain=name)
     index = ImageIndex(Path(cfg.root).expanduser() / dom.images)
     found, missing, seen = [], [], Counter()
     for r in records:

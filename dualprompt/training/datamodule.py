@@ -17,6 +17,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from ..data import ImageRecord, clean_negatives, load_fdrd_json, load_karpathy_json
+from ..data.custom import load_table
 from ..data.datasets import (EpochShuffle, Gallery, Sample, TrainPairs, check_image,
                              collate_gallery, collate_pairs, split_validation)
 from ..data.images import ImageIndex
@@ -83,7 +84,13 @@ class RetrievalDataModule(L.LightningDataModule):
         test_records = (self._records(root, name, dom, "test")
                         if name in self.cfg.test_domains else [])
         meta = self._meta_categories(root, dom)
-        if train_records and dom.format == CaptionFormat.fdrd and self.cfg.negatives.k > 0:
+        with_classes = dom.format in (CaptionFormat.fdrd, CaptionFormat.csv, CaptionFormat.jsonl)
+        if train_records and with_classes and not any(r.class_name for r in train_records):
+            with_classes = False
+            self.reports[f"{name}/negatives"] = {"off": "no class column (dataset.class_key)"}
+            log.warning("domain %s has no classes (dataset.class_key): no class-swap or "
+                        "attribute-swap negatives, so the category-aware loss is off", name)
+        if train_records and with_classes and self.cfg.negatives.k > 0:
             classes = sorted({r.class_name for r in train_records if r.class_name})
             train_records, report = clean_negatives(
                 train_records, classes, k=self.cfg.negatives.k, meta_category=meta,
@@ -136,10 +143,15 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _records(self, root: Path, name: str, dom: DomainConfig, split: str) -> list[ImageRecord]:
         path = caption_file(self.cfg, name, dom, split)
-        if CaptionFormat(dom.format) == CaptionFormat.fdrd:
+        fmt, cfg = CaptionFormat(dom.format), self.cfg
+        if fmt == CaptionFormat.fdrd:
             records, self.reports[f"{name}/{split}"] = load_fdrd_json(path, domain=name)
-        else:
+        elif fmt == CaptionFormat.karpathy:
             records = load_karpathy_json(path, split)
+        else:
+            records = load_table(path, fmt.value, img_key=cfg.img_key,
+                                 caption_key=cfg.caption_key, class_key=cfg.class_key,
+                                 separator=cfg.separator, domain=name)
         if not records:
             raise ValueError(f"{path}: the {split} split of domain {name} is empty")
         return records
@@ -151,7 +163,8 @@ class RetrievalDataModule(L.LightningDataModule):
                        for d, s in self.domains.items()},
             "skipped_images": dict(self.skipped),
             "split_overlaps": dict(self.overlaps),
-            "reports": {k: _jsonable(dataclasses.asdict(r)) for k, r in self.reports.items()},
+            "reports": {k: _jsonable(dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r)
+                        for k, r in self.reports.items()},
         }
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -35,6 +36,14 @@ class Distance(StrEnum):
 
     cosine = "cosine"  # 1 - cosine (KgCoOp)
     l1 = "l1"  # mean absolute difference (PromptSRC)
+
+
+class DataType(StrEnum):
+    """The format of `dataset.train_data` / `val_data` / `test_data`."""
+
+    auto = "auto"  # by suffix: .csv / .tsv -> csv, .jsonl -> jsonl
+    csv = "csv"
+    jsonl = "jsonl"
 
 
 class Optimizer(StrEnum):
@@ -145,9 +154,43 @@ class DatasetConfig:
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     generate: Optional[OfflineAsset] = None  # world: build the offline world if missing
     generate_args: WorldArgs = field(default_factory=lambda: WorldArgs())
+    # Your own catalogue (dataset=custom): one domain named `name` from these files, which
+    # replace `domains`, `train_domains` and `test_domains`.
+    train_data: Optional[str] = None  # a CSV/TSV or JSONL file
+    val_data: Optional[str] = None  # null: `val_fraction` of the train images, seeded
+    test_data: Optional[str] = None
+    type: DataType = DataType.auto
+    img_key: Optional[str] = None  # null: filepath (CSV, as open_clip) / file_name (JSONL)
+    caption_key: Optional[str] = None  # null: title (CSV, as open_clip) / text (JSONL)
+    class_key: Optional[str] = None  # a class column: class-swap / attribute-swap negatives
+    separator: Optional[str] = None  # CSV: null sniffs tab or comma from the header
+    image_root: Optional[str] = None  # relative image paths; null: the data file's folder
 
     def __post_init__(self) -> None:
         self.domains = {name: as_domain(name, d) for name, d in self.domains.items()}
+        if self.train_data or self.test_data:
+            self._own_data_as_a_domain()
+
+    def _own_data_as_a_domain(self) -> None:
+        first = Path(self.train_data or self.test_data).expanduser()
+        kind = self.type if self.type != DataType.auto else _type_by_suffix(first)
+        root = Path(self.image_root).expanduser() if self.image_root else first.parent
+        self.root = str(root)
+        self.domains = {self.name: DomainConfig(
+            train=self.train_data, val=self.val_data, test=self.test_data, images=".",
+            format=CaptionFormat(kind))}
+        self.train_domains = [self.name] if self.train_data else []
+        self.test_domains = [self.name] if self.test_data else []
+
+
+def _type_by_suffix(path: Path) -> DataType:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return DataType.csv
+    if suffix == ".jsonl":
+        return DataType.jsonl
+    raise ValueError(f"{path}: cannot tell the format from the suffix {suffix!r}; set "
+                     f"dataset.type to one of {[t.value for t in DataType if t != DataType.auto]}")
 
 
 def as_domain(name: str, value: Any) -> DomainConfig:
