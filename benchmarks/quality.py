@@ -39,10 +39,13 @@ SETTINGS = {"in-domain": "dataset=world_all", "cross-domain": "dataset=world_cro
 BASELINES = {  # name -> overrides; "zero-shot" is read from the first run's zero_shot results
     "CoOp": ["method=coop"],
     "CoOp (class-specific)": ["method=coop_csc"],
+    "KgCoOp": ["method=kgcoop"],
     "VPT-shallow": ["method=vpt"],
     "VPT-deep": ["method=vpt_deep", "prompt.visual_depth=3"],
     "MaPLe": ["method=maple", "prompt.text_depth=3", "prompt.visual_depth=3"],
+    "PromptSRC": ["method=promptsrc", "prompt.text_depth=3", "prompt.visual_depth=3"],
     "CLIP-Adapter": ["method=clip_adapter"],
+    "CLIP-LoRA": ["method=clip_lora"],
     "full fine-tuning": ["method=full_finetune", "optim.lr=1e-3"],
 }
 VARIANTS = {  # ours: the ablations, then the full method (last)

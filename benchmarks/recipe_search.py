@@ -43,7 +43,8 @@ SETTINGS = {
     # transfer: trained on critters, scored on craft's VALIDATION split (as its "test" gallery);
     # the cross-domain benchmark tests blooms and shells, which no candidate ever sees here
     "transfer critters -> craft (val)": [
-        "dataset=world", "dataset.test_domains=[craft]", "dataset.domains.craft.test=craft/val.json"],
+        "dataset=world", "dataset.test_domains=[craft]",
+        "dataset.domains.craft.test=craft/val.json"],
 }
 CANDIDATES = {
     "ours": [],
@@ -106,8 +107,9 @@ def markdown(runs: list[dict], meta: dict) -> str:
             cells.append(f"{mean['i2t_R@1']:.2f} / {mean['t2i_R@1']:.2f}")
             gains.append(statistics.fmean(mean[k] - zero[s][k] for k in R1))
             secs += [r["train_seconds"] for r in done]
-        gain = f"{statistics.fmean(gains):+.2f}" + ("" if len(gains) == len(settings) else
-                                                     f" ({len(gains)} settings)")
+        gain = f"{statistics.fmean(gains):+.2f}"
+        if len(gains) != len(settings):
+            gain += f" ({len(gains)} settings)"
         lines.append(f"| {c} | " + " | ".join(cells) + f" | {gain} | "
                      f"{statistics.fmean(secs):.0f} |")
     return "\n".join(lines) + "\n"

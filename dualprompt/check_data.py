@@ -1,4 +1,5 @@
-"""`python -m dualprompt.check_data`: the entry point; the program is `dualprompt.cli.check_data`."""
+"""`python -m dualprompt.check_data`: the entry point; the program is
+`dualprompt.cli.check_data`."""
 from .cli import require_training_stack
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def _replace(x: Tensor, prompt: Tensor, start: int) -> Tensor:
 
 
 def text_features(clip: CLIP, tokens: Tensor, per_position: bool = False,
-                         eot: Optional[Tensor] = None) -> Tensor:
+                  eot: Optional[Tensor] = None) -> Tensor:
     """Plain CLIP text features from token ids (`CLIP.encode_text` on any window up to the
     context length; no prompts), optionally at every position.
 

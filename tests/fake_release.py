@@ -32,7 +32,8 @@ def _record(schema: str, cls: str, i: int, split: str, colour: str, pattern: str
         return key, {"file_name": key, "class_name": cls, "number": number,
                      "file_path": f"/authors/flower/{split}/{key}.jpg",
                      "positive": f"This is a {cls}.{desc}",
-                     "negative": [f"This is a {o}.{desc}" for o in others] + [f"This is a {cls}.{desc}"]}, \
+                     "negative": [f"This is a {o}.{desc}" for o in others]
+                     + [f"This is a {cls}.{desc}"]}, \
             f"oxford_flowers/jpg/image_{number}.jpg"
     key = f"{cls.title()}_{int(number)}"  # pets: images/<Breed>_<n>.jpg, no class field
     return key, {"file_name": key, "file_path": f"/authors/oxford_pets/images/{key}.jpg",

@@ -62,7 +62,7 @@ def test_csv_and_jsonl_train_and_give_identical_zero_shot_numbers(release, catal
     assert results["csv"]["zero_shot"] == results["jsonl"]["zero_shot"]
 
 
-def test_without_a_class_column_the_category_loss_is_said_to_be_off(release, catalogue):  # noqa: F811
+def test_without_a_class_column_the_category_loss_is_said_off(release, catalogue):  # noqa: F811
     proc, run_dir = _run(release, catalogue, "csv")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["data"]["reports"]["custom/negatives"] == {

@@ -122,7 +122,8 @@ def test_check_data_exits_non_zero_naming_a_deleted_image(release, tmp_path):
     assert f"oxford_pets train: 1 images missing, e.g. {victim.stem}" in out \
         or f"oxford_pets test: 1 images missing, e.g. {victim.stem}" in out
     report = json.loads((tmp_path / "check" / "data_check.json").read_text())
-    assert sum(s["images_missing"] for s in report["domains"]["oxford_pets"]["splits"].values()) == 1
+    splits = report["domains"]["oxford_pets"]["splits"].values()
+    assert sum(s["images_missing"] for s in splits) == 1
 
 
 # From ../shared/fdrd/README.md: identical negatives (and their records), negatives naming the

@@ -55,7 +55,8 @@ def test_lora_trains_only_its_tensors_and_leaves_the_clip_untouched(tiny_clip, b
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"lora_rank": -1}, "lora_rank"), ({"lora_rank": 2, "lora_targets": ["q", "x"]}, "lora_targets"),
+    ({"lora_rank": -1}, "lora_rank"),
+    ({"lora_rank": 2, "lora_targets": ["q", "x"]}, "lora_targets"),
     ({"lora_rank": 2, "lora_targets": []}, "lora_targets")])
 def test_lora_fields_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):

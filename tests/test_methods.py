@@ -112,7 +112,6 @@ def test_full_finetune_exports_an_open_clip_folder_that_reproduces_its_metrics(
     assert "Restored all states" in proc.stdout + proc.stderr
 
 
-
 def _logged(run_dir) -> set[str]:
     """The metric names the CSV logger wrote."""
     header = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0]

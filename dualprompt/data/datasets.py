@@ -93,8 +93,8 @@ def load_sample_image(sample: Sample, transform: Callable) -> Tensor:
         r = sample.record
         where = f"record {r.image_id!r}" + (f" of domain {r.domain}" if r.domain else "")
         raise ImageError(f"{where}: {e}. Set "
-                           "dataset.skip_bad_images=true to decode every image at setup and "
-                           "skip (count, log) the unreadable ones") from e
+                         "dataset.skip_bad_images=true to decode every image at setup and "
+                         "skip (count, log) the unreadable ones") from e
 
 
 class EpochShuffle(Sampler[tuple[int, int]]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -19,6 +19,7 @@ from .karpathy import load_karpathy_json
 from .records import read_json_file
 
 log = logging.getLogger(__name__)
+
 
 class Modality(StrEnum):
     """What to embed."""

@@ -7,10 +7,9 @@ it and keeps it in results.json.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from ..data import load_fdrd_json, load_karpathy_json
 from ..data.custom import load_table

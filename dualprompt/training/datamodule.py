@@ -101,7 +101,8 @@ class RetrievalDataModule(L.LightningDataModule):
         def category(class_name: Optional[str]) -> int:
             if not class_name:
                 return -1
-            key = meta.get(class_name, class_name) if self.category_level == CategoryLevel.meta else class_name
+            key = (meta.get(class_name, class_name) if self.category_level == CategoryLevel.meta
+                   else class_name)
             return categories.setdefault(f"{name}/{key}", len(categories))
 
         def samples(records: list[ImageRecord], split: str) -> list[Sample]:

@@ -20,7 +20,8 @@ def prepare_offline_assets(dataset: Optional[DatasetConfig], model: ModelConfig)
     """
     if dataset is not None and dataset.generate == OfflineAsset.world:
         from ..world import WorldConfig, build_world
-        build_world(Path(dataset.root).expanduser(), WorldConfig(**set_fields(dataset.generate_args)))
+        build_world(Path(dataset.root).expanduser(),
+                    WorldConfig(**set_fields(dataset.generate_args)))
     if model.pretrain == OfflineAsset.world:
         if not model.name.startswith(LOCAL_DIR):
             raise ValueError("model.pretrain=world needs model.name=local-dir:<folder> "

@@ -209,8 +209,9 @@ def as_domain(name: str, value: Any) -> DomainConfig:
         try:
             values["format"] = CaptionFormat(values["format"])
         except ValueError:
-            raise ValueError(f"dataset.domains.{name}.format must be one of "
-                             f"{[f.value for f in CaptionFormat]}, got {values['format']!r}") from None
+            allowed = [f.value for f in CaptionFormat]
+            raise ValueError(f"dataset.domains.{name}.format must be one of {allowed}, got "
+                             f"{values['format']!r}") from None
     return DomainConfig(**values)
 
 
