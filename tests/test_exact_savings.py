@@ -88,15 +88,18 @@ def _batch(text, k=2):
                       negative_tokens=text[torch.randperm(b)][:, None].repeat(1, k, 1),
                       negative_mask=torch.rand(b, k) > 0.2,
                       negative_categories=torch.randint(0, 3, (b, k)),
-                      category=torch.randint(0, 3, (b,)))
+                      category=torch.randint(0, 3, (b,)), index=torch.arange(b),
+                      caption=torch.zeros(b, dtype=torch.long))
 
 
-def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, text):
+def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, text,
+                                                                    monkeypatch):
+    import dualprompt.training.module as module_file
     batch = _batch(text)
     out = {}
     for name, model_kwargs, module_kwargs in [
             ("reference", dict(trim_context=False, length_buckets=1),
-             dict(share_frozen_text=False, cache_blank_image=False)),
+             dict(share_frozen_text=False, cache_blank_image=False, cache_frozen=False)),
             ("optimised", {}, {})]:
         module = PromptRetrievalModule(_model(tiny_clip, **model_kwargs), loss=LossConfig(),
                                        **module_kwargs)
@@ -104,7 +107,14 @@ def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, t
             warnings.simplefilter("ignore")
             loss = module.training_step(batch, 0)
             loss.backward()
-            again = module.training_step(batch, 0)  # the cached blank image is reused
+            if name == "optimised":  # the second step reads the cache: no frozen text pass
+                assert len(module._frozen_cache) == len(text)
+
+                def no_frozen_pass(*args, **kwargs):
+                    raise AssertionError("the frozen text pass ran again")
+                monkeypatch.setattr(module_file, "frozen_token_features", no_frozen_pass)
+            again = module.training_step(batch, 0)  # blank image, weights and queries reused
+            monkeypatch.undo()
         out[name] = loss.detach(), again.detach(), {
             n: p.grad for n, p in module.named_parameters() if p.grad is not None}
     torch.testing.assert_close(out["optimised"][0], out["reference"][0], atol=1e-5, rtol=1e-5)

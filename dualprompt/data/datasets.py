@@ -37,6 +37,8 @@ class TrainBatch:
     negative_mask: Tensor  # (B, K) bool; False for padding (a record with fewer than K)
     negative_categories: Tensor  # (B, K) category id of each negative, -1 when unknown
     category: Tensor  # (B,) category id of each image, -1 when none
+    index: Optional[Tensor] = None  # (B,) the dataset index of each image
+    caption: Optional[Tensor] = None  # (B,) which of the image's captions is the positive
 
 
 @dataclass
@@ -151,8 +153,9 @@ class TrainPairs(Dataset):
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         s = self.samples[i]
         captions = s.record.captions
-        caption = (captions[random.Random(f"{self.seed}:{epoch}:{i}").randrange(len(captions))]
-                   if len(captions) > 1 else captions[0])
+        which = (random.Random(f"{self.seed}:{epoch}:{i}").randrange(len(captions))
+                 if len(captions) > 1 else 0)
+        caption = captions[which]
         k = self.num_negatives
         negatives = [n.text for n in s.record.negatives[:k]]
         texts = self.tokenizer([caption] + negatives + [""] * (k - len(negatives)))  # (1+K, L)
@@ -164,6 +167,8 @@ class TrainPairs(Dataset):
             "negative_mask": torch.arange(k) < len(negatives),
             "negative_categories": torch.tensor(neg_cats, dtype=torch.long),
             "category": torch.tensor(s.category, dtype=torch.long),
+            "index": torch.tensor(i, dtype=torch.long),
+            "caption": torch.tensor(which, dtype=torch.long),
         }
 
 

@@ -31,16 +31,22 @@ class PromptRetrievalModule(L.LightningModule):
         token weights and the prompt-pool query of both positive passes (exact).
     cache_blank_image: compute the blank-image features of the re-weighting once, while the
         CLIP is frozen (exact).
+    cache_frozen: keep each training caption's token weights and prompt-pool query, functions
+        of the frozen CLIP and the (un-augmented) image and caption only, after their first
+        computation: later epochs skip the frozen text and image passes (exact to float
+        rounding: a batch's padding differs from epoch to epoch).
     """
 
     def __init__(self, model: nn.Module, *, loss: Optional[LossConfig] = None,
                  optim: Optional[OptimConfig] = None, val_domains: Sequence[str] = (),
                  test_domains: Sequence[str] = (), share_frozen_text: bool = True,
-                 cache_blank_image: bool = True) -> None:
+                 cache_blank_image: bool = True, cache_frozen: bool = True) -> None:
         super().__init__()
         self.model = model
         self.share_frozen_text, self.cache_blank_image = share_frozen_text, cache_blank_image
         self._blank_features: Optional[Tensor] = None
+        self.cache_frozen = cache_frozen
+        self._frozen_cache: dict[tuple[int, int], tuple[Tensor, Optional[Tensor]]] = {}
         self.loss_cfg = loss or LossConfig()
         self.optim_cfg = optim or OptimConfig()
         self.val_domains, self.test_domains = list(val_domains), list(test_domains)
@@ -57,13 +63,7 @@ class PromptRetrievalModule(L.LightningModule):
         image_features = model.encode_image(images, normalize=True)  # (B, D)
         weights = query = None
         if cfg.reweighting:
-            frozen = image_features if model.visual_prompts is None else None
-            shared = frozen_token_features(model.clip, tokens) if self.share_frozen_text else None
-            weights = token_weights(model.clip, tokens, images, image_features=frozen,
-                                    strength=cfg.reweighting_strength,
-                                    blank_features=self._blank(), token_features=shared)
-            if shared is not None:
-                query = model.text_query(tokens, shared)
+            weights, query = self._frozen_weights_and_query(batch, image_features)
         text_features = model.encode_text(tokens, normalize=True, token_weights=weights,
                                           query=query)
         scale = model.logit_scale.exp().float()
@@ -90,6 +90,40 @@ class PromptRetrievalModule(L.LightningModule):
             raise FloatingPointError(self._non_finite_message(total))
         self.log("train/loss", total, prog_bar=True)
         return total
+
+    def _frozen_weights_and_query(self, batch: TrainBatch, image_features: Tensor
+                                  ) -> tuple[Tensor, Optional[Tensor]]:
+        """The positives' token weights (B, L) and prompt-pool queries (B, Dq) or None, from
+        the cache when every row is there (see `cache_frozen`)."""
+        model, tokens = self.model, batch.tokens
+        keys = self._cache_keys(batch)
+        if keys is not None and all(k in self._frozen_cache for k in keys):
+            rows = [self._frozen_cache[k] for k in keys]
+            weights = torch.stack([w for w, _ in rows])
+            query = None if rows[0][1] is None else torch.stack([q for _, q in rows])
+            return weights, query
+        # the prompted image features are the frozen ones when nothing changes the image tower
+        plain_image = (model.visual_prompts is None and model.image_adapter is None
+                       and model.image_lora is None)
+        frozen = image_features.detach() if plain_image else None
+        shared = frozen_token_features(model.clip, tokens) if self.share_frozen_text else None
+        weights = token_weights(model.clip, tokens, batch.image, image_features=frozen,
+                                strength=self.loss_cfg.reweighting_strength,
+                                blank_features=self._blank(), token_features=shared)
+        query = model.text_query(tokens, shared) if shared is not None else None
+        if keys is not None:
+            for row, key in enumerate(keys):
+                self._frozen_cache[key] = (weights[row].detach(),
+                                           None if query is None else query[row].detach())
+        return weights, query
+
+    def _cache_keys(self, batch: TrainBatch) -> Optional[list[tuple[int, int]]]:
+        """(image index, caption index) of each row, or None when nothing may be cached: the
+        CLIP trains, or the batch does not say which images it holds."""
+        if (not self.cache_frozen or batch.index is None or batch.caption is None
+                or any(p.requires_grad for p in self.model.clip.parameters())):
+            return None
+        return list(zip(batch.index.tolist(), batch.caption.tolist()))
 
     def _consistency(self, batch: TrainBatch, image_features: Tensor, text_features: Tensor,
                      scale: Tensor) -> Tensor:
