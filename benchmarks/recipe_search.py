@@ -55,6 +55,10 @@ CANDIDATES = {
         "loss.text_consistency=8.0"],
     "CLIP-Adapter": ["method=clip_adapter"],
     "CLIP-LoRA": ["method=clip_lora"],
+    # next: does our loss add to adapters alone, and do the prompts add to both?
+    "adapters + our loss": ["prompt=adapter"],
+    "ours + adapters, no visual prompts": [
+        "prompt=text", "prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
 log = logging.getLogger("benchmarks.recipe_search")
