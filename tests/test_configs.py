@@ -32,11 +32,26 @@ def test_the_benchmark_configs_exist():
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_dataset_config_composes_into_the_schema(dataset):
-    cfg = OmegaConf.to_object(_compose("train", [f"dataset={dataset}"]))
+    # dataset=custom names its files on the command line: compose it with two
+    own = (["dataset.train_data=/d/train.csv", "dataset.test_data=/d/test.jsonl"]
+           if dataset == "custom" else [])
+    cfg = OmegaConf.to_object(_compose("train", [f"dataset={dataset}", *own]))
     assert isinstance(cfg, TrainConfig)
     ds = cfg.dataset
     assert ds.name == dataset and ds.test_domains
     assert set(ds.train_domains + ds.test_domains) <= set(ds.domains)
+
+
+def test_custom_data_becomes_one_domain_of_its_files():
+    ds = OmegaConf.to_object(_compose("train", [
+        "dataset=custom", "dataset.train_data=/d/train.csv", "dataset.test_data=/d/test.jsonl",
+        "dataset.class_key=label"])).dataset
+    assert ds.train_domains == ds.test_domains == ["custom"] and ds.root == "/d"
+    dom = ds.domains["custom"]
+    assert (dom.train, dom.test, dom.format) == ("/d/train.csv", "/d/test.jsonl", "csv")
+    with pytest.raises(Exception, match="cannot tell the format from the suffix '.parquet'"):
+        OmegaConf.to_object(_compose("train", ["dataset=custom",
+                                               "dataset.train_data=/d/train.parquet"]))
 
 
 def test_fdrd_in_domain_and_cross_domain_splits():

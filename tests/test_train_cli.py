@@ -111,5 +111,7 @@ def test_a_missing_file_is_one_clean_line_unless_hydra_full_error(toy, full_erro
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
-    assert "FileNotFoundError: domain toy_a: train caption file not found: /nonexistent/root" in out
+    assert ("FileNotFoundError: domain toy_a: train caption file 'toy_a/train.json' not found: "
+            "tried /nonexistent/root/train/toy_a/train.json, /nonexistent/root/toy_a/train.json"
+            ) in out
     assert ("Traceback (most recent call last)" in out) == full_error, out[-3000:]
