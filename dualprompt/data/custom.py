@@ -12,11 +12,10 @@ image later) names the file and line. Relative image paths are relative to the i
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, Optional
 
-from .records import ImageRecord
+from .records import ImageRecord, parse_json_text
 
 DEFAULT_KEYS = {"csv": ("filepath", "title"), "jsonl": ("file_name", "text")}
 
@@ -84,22 +83,8 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line, object_pairs_hook=_no_duplicates)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-            except KeyError as e:
-                raise ValueError(f"{path}:{line_no}: duplicate key {e.args[0]!r}") from None
+            row = parse_json_text(line, f"{path}:{line_no}", reject_duplicate_keys=True)
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object")
             rows.append((line_no, row))
     return rows
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise KeyError(key)
-        out[key] = value
-    return out
