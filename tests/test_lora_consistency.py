@@ -104,3 +104,12 @@ def test_gaussian_prompt_aggregation_averages_the_epochs_by_their_weights(tiny_c
     loaded = load_prompts(tmp_path / "p.safetensors", make_tiny_clip())
     torch.testing.assert_close(loaded.attribute.vectors,
                                torch.full_like(loaded.attribute.vectors, expected))
+
+
+def test_the_consistency_terms_frozen_caption_features_are_open_clips(tiny_clip, batch):
+    """KgCoOp / PromptSRC compare with the frozen features on a trimmed window: the same."""
+    from dualprompt.training.module import _plain_text_features
+    _, tokens = batch
+    with torch.no_grad():
+        torch.testing.assert_close(_plain_text_features(tiny_clip, tokens),
+                                   tiny_clip.encode_text(tokens), atol=1e-5, rtol=0)

@@ -16,6 +16,7 @@ from ..losses import (category_loss, category_weights, contrastive_loss, feature
 from ..metrics import summarize_domains
 from ..reweighting import blank_image_features, frozen_token_features, token_weights
 from ..schedule import warmup_cosine
+from ..tokens import fit_to_window
 from .retrieval_metric import RetrievalRecall
 from .schema import LossConfig, OptimConfig
 
@@ -121,7 +122,7 @@ class PromptRetrievalModule(L.LightningModule):
         """(image index, caption index) of each row, or None when nothing may be cached: the
         CLIP trains, or the batch does not say which images it holds."""
         if (not self.cache_frozen or batch.index is None or batch.caption is None
-                or any(p.requires_grad for p in self.model.clip.parameters())):
+                or self._clip_trains()):
             return None
         return list(zip(batch.index.tolist(), batch.caption.tolist()))
 
@@ -133,7 +134,7 @@ class PromptRetrievalModule(L.LightningModule):
         need_text = cfg.text_consistency > 0 or cfg.logit_consistency > 0
         need_image = cfg.image_consistency > 0 or cfg.logit_consistency > 0
         with torch.no_grad():
-            frozen_text = (F.normalize(towers.text_features(clip, batch.tokens), dim=-1)
+            frozen_text = (F.normalize(_plain_text_features(clip, batch.tokens), dim=-1)
                            if need_text else None)
             frozen_image = (F.normalize(towers.encode_image(clip.visual, batch.image), dim=-1)
                             if need_image else None)
@@ -153,11 +154,15 @@ class PromptRetrievalModule(L.LightningModule):
             total = total + cfg.logit_consistency * term
         return total
 
+    def _clip_trains(self) -> bool:
+        """Full fine-tuning: nothing computed from the CLIP may be kept across steps."""
+        return any(p.requires_grad for p in self.model.clip.parameters())
+
     def _blank(self) -> Optional[Tensor]:
         """The re-weighting's blank-image features, computed once while the CLIP is frozen
         (None: `token_weights` computes them)."""
         clip = self.model.clip
-        if not self.cache_blank_image or any(p.requires_grad for p in clip.parameters()):
+        if not self.cache_blank_image or self._clip_trains():
             return None
         if self._blank_features is None or self._blank_features.device != self.device:
             self._blank_features = blank_image_features(clip)
@@ -288,3 +293,11 @@ class PromptRetrievalModule(L.LightningModule):
         config = getattr(self.model, "config", None)
         if config is not None:
             checkpoint["dualprompt_prompt_config"] = config.to_dict()
+
+
+def _plain_text_features(clip: nn.Module, tokens: Tensor) -> Tensor:
+    """The frozen CLIP's (B, D) caption features, on the batch's shortest window (exact under
+    the causal text mask; the full 77-token context would be several times the work)."""
+    eot = towers.eot_index(clip, tokens)
+    fitted, eot, _ = fit_to_window(tokens, eot, 0, trim=clip.attn_mask is not None)
+    return towers.text_features(clip, fitted, eot=eot)
