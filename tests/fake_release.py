@@ -65,7 +65,9 @@ def write_release(root: Path, flat: bool = False) -> tuple[Path, Path]:
 
 def write_catalogue(root: Path, per_class: dict | None = None) -> dict[str, Path]:
     """The same small catalogue as CSV (tab-separated, open_clip's columns plus a class
-    column), JSONL (metadata.jsonl style) for train and test; images in root/images."""
+    column), JSONL (metadata.jsonl style) and WebDataset shards (png, txt, json with the class;
+    written by webdataset's own TarWriter, train in 4 shards, test in 2) for train and test;
+    images in root/images. `files["train_wds"]` is the brace-expanded shard spec."""
     per_class = per_class or {"train": 4, "test": 2}
     (root / "images").mkdir(parents=True, exist_ok=True)
     files = {}
@@ -84,4 +86,18 @@ def write_catalogue(root: Path, per_class: dict | None = None) -> dict[str, Path
         jsonl_path.write_text("".join(json.dumps({"file_name": p, "text": t, "label": c}) + "\n"
                                       for p, t, c in rows))
         files[f"{split}_csv"], files[f"{split}_jsonl"] = csv_path, jsonl_path
+        files[f"{split}_wds"] = _shards(root / "shards" / split, rows, 4 if split == "train" else 2)
     return files
+
+
+def _shards(folder: Path, rows: list[tuple[str, str, str]], n: int) -> str:
+    import webdataset as wds
+    folder.mkdir(parents=True, exist_ok=True)
+    per_shard = -(-len(rows) // n)
+    for shard in range(n):
+        with wds.TarWriter(str(folder / f"{shard:05d}.tar")) as sink:
+            for i, (path, caption, cls) in enumerate(rows[shard * per_shard:][:per_shard]):
+                sink.write({"__key__": f"{shard * per_shard + i:06d}",
+                            "png": (folder.parents[1] / path).read_bytes(), "txt": caption,
+                            "json": {"label": cls}})
+    return str(folder / f"{{00000..{n - 1:05d}}}.tar")

@@ -46,8 +46,9 @@ def test_a_jsonl_line_with_a_duplicate_key_is_an_error(tmp_path):
 def _run(release, catalogue, fmt: str, *extra: str, check: bool = True):  # noqa: F811
     run_dir = release["tmp"] / f"custom_{fmt}_{len(extra)}"
     proc = cli("dualprompt.train", release, run_dir, "dataset=custom",
-               f"dataset.train_data={catalogue[f'train_{fmt}']}",
-               f"dataset.test_data={catalogue[f'test_{fmt}']}", *extra, check=check)
+               # quoted, as shard specs must be: Hydra's grammar reads {..} otherwise
+               f"dataset.train_data='{catalogue[f'train_{fmt}']}'",
+               f"dataset.test_data='{catalogue[f'test_{fmt}']}'", *extra, check=check)
     return proc, run_dir
 
 

@@ -25,6 +25,12 @@ class Sample:
     path: Path
     category: int = -1  # id of the record's category (fine class or meta-category), -1: none
     negative_categories: tuple[int, ...] = ()  # one per negative, -1 when unknown
+    member: Optional[str] = None  # the sample's key in a WebDataset shard (`path`): shards.py
+
+    @property
+    def location(self) -> str:
+        """Where the image is: its file, or `<shard>#<key>`."""
+        return str(self.path) if self.member is None else f"{self.path}#{self.member}"
 
 
 @dataclass
@@ -151,6 +157,10 @@ class TrainPairs(Dataset):
 
     def __getitem__(self, key: Union[int, tuple[int, int]]) -> dict[str, Tensor]:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
+        return self.item(i, epoch, load_sample_image(self.samples[i], self.transform))
+
+    def item(self, i: int, epoch: int, image: Tensor) -> dict[str, Tensor]:
+        """Sample i's item around its transformed image (read from a file or a shard)."""
         s = self.samples[i]
         captions = s.record.captions
         which = (random.Random(f"{self.seed}:{epoch}:{i}").randrange(len(captions))
@@ -161,7 +171,7 @@ class TrainPairs(Dataset):
         texts = self.tokenizer([caption] + negatives + [""] * (k - len(negatives)))  # (1+K, L)
         neg_cats = list(s.negative_categories[:k]) + [-1] * (k - len(negatives))
         return {
-            "image": load_sample_image(s, self.transform),
+            "image": image,
             "tokens": texts[0],
             "negative_tokens": texts[1:],
             "negative_mask": torch.arange(k) < len(negatives),
@@ -192,10 +202,14 @@ class Gallery(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return self.item(i, load_sample_image(self.samples[i], self.transform))
+
+    def item(self, i: int, image: Tensor) -> dict[str, Tensor]:
+        """Sample i's item around its transformed image (read from a file or a shard)."""
         s = self.samples[i]
         n = len(s.record.captions)
         return {
-            "image": load_sample_image(s, self.transform),
+            "image": image,
             "image_id": torch.tensor(i),
             "tokens": self.tokenizer(list(s.record.captions)),  # (n, L)
             "text_ids": torch.arange(n) + self.caption_offsets[i],

@@ -23,6 +23,7 @@ class CaptionFormat(StrEnum):
     karpathy = "karpathy"  # Karpathy-split JSON (dataset_coco.json, dataset_flickr30k.json)
     csv = "csv"  # CSV/TSV, open_clip's conventions (data/custom.py)
     jsonl = "jsonl"  # JSON lines, Hugging Face imagefolder's metadata.jsonl (data/custom.py)
+    webdataset = "webdataset"  # tar shards, open_clip's keys (data/shards.py)
 
 
 class KarpathySplit(StrEnum):

@@ -16,6 +16,7 @@ from ..data.custom import load_table
 from ..data.datasets import check_image
 from ..data.images import ImageIndex
 from ..data.records import CaptionFormat
+from ..data.shards import read_shard_records
 from .datamodule import caption_file
 from .schema import DatasetConfig
 
@@ -56,6 +57,13 @@ def check_dataset(cfg: DatasetConfig, count_tokens: Callable[[str], int], window
 
 def _check_split(cfg: DatasetConfig, name: str, dom, split: str,
                  count_tokens: Callable[[str], int], window: int) -> tuple[dict, set[str]]:
+    if CaptionFormat(dom.format) == CaptionFormat.webdataset:
+        records, missing = read_shard_records(getattr(dom, split), caption_key=cfg.caption_key,
+                                              class_key=cfg.class_key, domain=name,
+                                              skip_missing_images=True)
+        # a sample without an image is a record too: count it in
+        return _summary(getattr(dom, split), len(records) + len(missing), records,
+                        [r.image_id for r in records], missing, {}, count_tokens, window)
     path = caption_file(cfg, name, dom, split)
     defects: dict[str, int] = {}
     if CaptionFormat(dom.format) == CaptionFormat.fdrd:
@@ -68,17 +76,24 @@ def _check_split(cfg: DatasetConfig, name: str, dom, split: str,
                              caption_key=cfg.caption_key, class_key=cfg.class_key,
                              separator=cfg.separator, domain=name)
     index = ImageIndex(Path(cfg.root).expanduser() / dom.images)
-    found, missing, seen = [], [], Counter()
+    found, missing = [], []
     for r in records:
         image = index.resolve(r.file_name)
         if check_image(image, verify=False) is None:
             found.append(str(image))
-            seen[str(image)] += 1
         else:
             missing.append(r.file_name)
+    return _summary(str(path), len(records), records, found, missing, defects, count_tokens,
+                    window)
+
+
+def _summary(where: str, n_records: int, records: list, found: list[str], missing: list[str],
+             defects: dict[str, int], count_tokens: Callable[[str], int],
+             window: int) -> tuple[dict, set[str]]:
+    seen = Counter(found)
     lengths = Counter(_bin(count_tokens(c), window) for r in records for c in r.captions)
     return {
-        "file": str(path), "records": len(records),
+        "file": where, "records": n_records,
         "classes": len({r.class_name for r in records if r.class_name}),
         "images_found": len(found), "images_missing": len(missing),
         "missing_examples": missing[:5],

@@ -1,4 +1,5 @@
-"""`RetrievalDataModule`: FDRD-format and Karpathy-format domains as Lightning loaders."""
+"""`RetrievalDataModule`: FDRD, Karpathy, CSV/JSONL and WebDataset domains as Lightning
+loaders."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ from ..data.custom import load_table
 from ..data.datasets import (EpochShuffle, Gallery, Sample, TrainPairs, check_image,
                              collate_gallery, collate_pairs, split_validation)
 from ..data.images import ImageIndex
+from ..data.shards import ShardGallery, ShardPairs, read_shard_records
 from ..data.records import CaptionFormat
 from .schema import CategoryLevel, DatasetConfig, DomainConfig
 
@@ -84,7 +86,7 @@ class RetrievalDataModule(L.LightningDataModule):
         test_records = (self._records(root, name, dom, "test")
                         if name in self.cfg.test_domains else [])
         meta = self._meta_categories(root, dom)
-        with_classes = dom.format in (CaptionFormat.fdrd, CaptionFormat.csv, CaptionFormat.jsonl)
+        with_classes = dom.format != CaptionFormat.karpathy
         if train_records and with_classes and not any(r.class_name for r in train_records):
             with_classes = False
             self.reports[f"{name}/negatives"] = {"off": "no class column (dataset.class_key)"}
@@ -96,7 +98,8 @@ class RetrievalDataModule(L.LightningDataModule):
                 train_records, classes, k=self.cfg.negatives.k, meta_category=meta,
                 seed=self.seed, attribute_swap=self.cfg.negatives.attribute_swap)
             self.reports[f"{name}/negatives"] = report
-        index = ImageIndex(root / dom.images)
+        shards = dom.format == CaptionFormat.webdataset
+        index = None if shards else ImageIndex(root / dom.images)
 
         def category(class_name: Optional[str]) -> int:
             if not class_name:
@@ -108,6 +111,12 @@ class RetrievalDataModule(L.LightningDataModule):
         def samples(records: list[ImageRecord], split: str) -> list[Sample]:
             out, bad = [], []
             for r in records:
+                if shards:  # in a shard: its image member was checked when it was read
+                    shard = r.image_id[:-len(r.file_name) - 1]  # "<shard>#<key>"
+                    out.append(Sample(r, Path(shard), category(r.class_name),
+                                      tuple(category(n.class_name) for n in r.negatives),
+                                      member=r.file_name))
+                    continue
                 path = index.resolve(r.file_name)
                 problem = check_image(path, verify=self.cfg.skip_bad_images)
                 if problem:
@@ -143,8 +152,20 @@ class RetrievalDataModule(L.LightningDataModule):
         return splits
 
     def _records(self, root: Path, name: str, dom: DomainConfig, split: str) -> list[ImageRecord]:
-        path = caption_file(self.cfg, name, dom, split)
         fmt, cfg = CaptionFormat(dom.format), self.cfg
+        if fmt == CaptionFormat.webdataset:
+            records, missing = read_shard_records(
+                getattr(dom, split), caption_key=cfg.caption_key, class_key=cfg.class_key,
+                domain=name, skip_missing_images=cfg.skip_bad_images)
+            if missing:
+                self.skipped[f"{name}/{split}"] = len(missing)
+                log.warning("skipping %d %s %s samples without an image, e.g. %s", len(missing),
+                            name, split, ", ".join(missing[:5]))
+            if not records:
+                raise ValueError(f"{getattr(dom, split)}: the {split} split of domain {name} "
+                                 "has no usable samples")
+            return records
+        path = caption_file(self.cfg, name, dom, split)
         if fmt == CaptionFormat.fdrd:
             records, self.reports[f"{name}/{split}"] = load_fdrd_json(path, domain=name)
         elif fmt == CaptionFormat.karpathy:
@@ -189,6 +210,14 @@ class RetrievalDataModule(L.LightningDataModule):
         if len(pairs) < self.batch_size:
             raise ValueError(f"dataset {self.cfg.name}: {len(pairs)} training images, fewer "
                              f"than data.batch_size={self.batch_size}")
+        if samples[0].member is not None:  # WebDataset shards, streamed
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            stream = ShardPairs(samples, pairs, batch_size=self.batch_size,
+                                num_workers=self.num_workers, seed=self.seed, start_epoch=epoch)
+            return DataLoader(stream, batch_size=self.batch_size, collate_fn=collate_pairs,
+                              num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0,
+                              worker_init_fn=self._worker_init())
         # the order is a function of (seed, epoch): a resumed run sees the same batches
         return DataLoader(pairs, batch_size=self.batch_size, collate_fn=collate_pairs,
                           sampler=EpochShuffle(len(pairs), self.seed, self._resume_at()),
@@ -214,8 +243,12 @@ class RetrievalDataModule(L.LightningDataModule):
         return [self._gallery(d, self.domains[d].test) for d in self.test_domains()]
 
     def _gallery(self, name: str, samples: list[Sample]) -> DataLoader:
-        return DataLoader(Gallery(samples, self.eval_transform, self.tokenizer, name),
-                          batch_size=self.eval_batch_size, shuffle=False,
+        gallery = Gallery(samples, self.eval_transform, self.tokenizer, name)
+        if samples and samples[0].member is not None:  # WebDataset shards, streamed
+            return DataLoader(ShardGallery(samples, gallery), batch_size=self.eval_batch_size,
+                              num_workers=self.num_workers, collate_fn=collate_gallery,
+                              worker_init_fn=self._worker_init())
+        return DataLoader(gallery, batch_size=self.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=collate_gallery,
                           worker_init_fn=self._worker_init())
 
@@ -297,7 +330,7 @@ def _split_overlaps(splits: DomainSplits) -> dict[str, set[str]]:
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     out = {}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        files = {str(s.path) for s in parts[a]} & {str(s.path) for s in parts[b]}
+        files = {s.location for s in parts[a]} & {s.location for s in parts[b]}
         ids = {s.record.image_id for s in parts[a]} & {s.record.image_id for s in parts[b]}
         for kind, shared in (("images", files), ("ids", ids)):
             if shared:

@@ -41,9 +41,10 @@ class Distance(StrEnum):
 class DataType(StrEnum):
     """The format of `dataset.train_data` / `val_data` / `test_data`."""
 
-    auto = "auto"  # by suffix: .csv / .tsv -> csv, .jsonl -> jsonl
+    auto = "auto"  # by suffix: .csv / .tsv -> csv, .jsonl -> jsonl, .tar -> webdataset
     csv = "csv"
     jsonl = "jsonl"
+    webdataset = "webdataset"  # shards, brace-expanded: data/{00000..00099}.tar
 
 
 class Optimizer(StrEnum):
@@ -156,13 +157,15 @@ class DatasetConfig:
     generate_args: WorldArgs = field(default_factory=lambda: WorldArgs())
     # Your own catalogue (dataset=custom): one domain named `name` from these files, which
     # replace `domains`, `train_domains` and `test_domains`.
-    train_data: Optional[str] = None  # a CSV/TSV or JSONL file
+    train_data: Optional[str] = None  # a CSV/TSV or JSONL file, or WebDataset shards
     val_data: Optional[str] = None  # null: `val_fraction` of the train images, seeded
     test_data: Optional[str] = None
     type: DataType = DataType.auto
     img_key: Optional[str] = None  # null: filepath (CSV, as open_clip) / file_name (JSONL)
-    caption_key: Optional[str] = None  # null: title (CSV, as open_clip) / text (JSONL)
-    class_key: Optional[str] = None  # a class column: class-swap / attribute-swap negatives
+    caption_key: Optional[str] = None  # null: title (CSV) / text (JSONL) / txt (shards)
+    # a class column (shards: a member, or a field of the json member): class-swap and
+    # attribute-swap negatives
+    class_key: Optional[str] = None
     separator: Optional[str] = None  # CSV: null sniffs tab or comma from the header
     image_root: Optional[str] = None  # relative image paths; null: the data file's folder
 
@@ -172,19 +175,30 @@ class DatasetConfig:
             self._own_data_as_a_domain()
 
     def _own_data_as_a_domain(self) -> None:
-        first = Path(self.train_data or self.test_data).expanduser()
+        files = [_absolute(f) for f in (self.train_data, self.val_data, self.test_data)]
+        first = Path((files[0] or files[2]).split("::")[0])
         kind = self.type if self.type != DataType.auto else _type_by_suffix(first)
-        root = Path(self.image_root).expanduser() if self.image_root else first.parent
+        root = Path(self.image_root).expanduser().absolute() if self.image_root else first.parent
         self.root = str(root)
         self.domains = {self.name: DomainConfig(
-            train=self.train_data, val=self.val_data, test=self.test_data, images=".",
-            format=CaptionFormat(kind))}
+            train=files[0], val=files[1], test=files[2], images=".", format=CaptionFormat(kind))}
         self.train_domains = [self.name] if self.train_data else []
         self.test_domains = [self.name] if self.test_data else []
 
 
+def _absolute(spec: Optional[str]) -> Optional[str]:
+    """A data file (or `::`-separated shard specs) as absolute paths, from the working directory
+    the command ran in; URLs are kept."""
+    if not spec:
+        return spec
+    return "::".join(p if "://" in p else str(Path(p).expanduser().absolute())
+                     for p in spec.split("::"))
+
+
 def _type_by_suffix(path: Path) -> DataType:
     suffix = path.suffix.lower()
+    if suffix == ".tar":
+        return DataType.webdataset
     if suffix in (".csv", ".tsv"):
         return DataType.csv
     if suffix == ".jsonl":
