@@ -59,6 +59,11 @@ CANDIDATES = {
     "adapters + our loss": ["prompt=adapter"],
     "ours + adapters, no visual prompts": [
         "prompt=text", "prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"],
+    # cost: the category-aware term encodes K negatives per image; does one do as well?
+    "ours, 1 negative": ["dataset.negatives.k=1"],
+    "ours + adapters, 1 negative": [
+        "prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2",
+        "dataset.negatives.k=1"],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
 log = logging.getLogger("benchmarks.recipe_search")

@@ -110,9 +110,13 @@ def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, t
             if name == "optimised":  # the second step reads the cache: no frozen text pass
                 assert len(module._frozen_cache) == len(text)
 
+                assert len(module._negative_queries) == int(batch.negative_mask.sum())
+
                 def no_frozen_pass(*args, **kwargs):
                     raise AssertionError("the frozen text pass ran again")
                 monkeypatch.setattr(module_file, "frozen_token_features", no_frozen_pass)
+                # nor the negatives' pool queries
+                monkeypatch.setattr(module.model, "subcategory_query", no_frozen_pass)
             again = module.training_step(batch, 0)  # blank image, weights and queries reused
             monkeypatch.undo()
         out[name] = loss.detach(), again.detach(), {

@@ -32,10 +32,11 @@ class PromptRetrievalModule(L.LightningModule):
         token weights and the prompt-pool query of both positive passes (exact).
     cache_blank_image: compute the blank-image features of the re-weighting once, while the
         CLIP is frozen (exact).
-    cache_frozen: keep each training caption's token weights and prompt-pool query, functions
-        of the frozen CLIP and the (un-augmented) image and caption only, after their first
-        computation: later epochs skip the frozen text and image passes (exact to float
-        rounding: a batch's padding differs from epoch to epoch).
+    cache_frozen: keep each training caption's token weights and prompt-pool query, and the
+        pool query of each of its negatives, functions of the frozen CLIP and the
+        (un-augmented) image and caption only, after their first computation: later epochs
+        skip the frozen text and image passes (exact to float rounding: a batch's padding
+        differs from epoch to epoch).
     """
 
     def __init__(self, model: nn.Module, *, loss: Optional[LossConfig] = None,
@@ -48,6 +49,7 @@ class PromptRetrievalModule(L.LightningModule):
         self._blank_features: Optional[Tensor] = None
         self.cache_frozen = cache_frozen
         self._frozen_cache: dict[tuple[int, int], tuple[Tensor, Optional[Tensor]]] = {}
+        self._negative_queries: dict[tuple[int, int], Tensor] = {}  # (image, negative) -> query
         self.loss_cfg = loss or LossConfig()
         self.optim_cfg = optim or OptimConfig()
         self.val_domains, self.test_domains = list(val_domains), list(test_domains)
@@ -201,7 +203,7 @@ class PromptRetrievalModule(L.LightningModule):
         tokens = batch.negative_tokens[mask]
         query = None
         if positive_tokens is not None and positive_query is not None:
-            query = torch.cat([positive_query, self.model.text_query(tokens)])
+            query = torch.cat([positive_query, self._negative_query(batch, tokens)])
         if positive_tokens is not None:
             tokens = torch.cat([positive_tokens, tokens])
         encoded = self.model.encode_text(tokens, normalize=True, query=query)
@@ -213,6 +215,21 @@ class PromptRetrievalModule(L.LightningModule):
                                    self.loss_cfg.alpha)
         weights = weights.masked_fill(batch.negative_categories < 0, 1.0)
         return category_loss(image_features, text_features, negatives, scale, weights, mask)
+
+    def _negative_query(self, batch: TrainBatch, tokens: Tensor) -> Tensor:
+        """The pool queries of the batch's negatives (`tokens`: those under the mask, in
+        order), from the cache when every one is there. A record's negatives are fixed, so
+        (image index, negative position) keys them."""
+        keys = None
+        if self._cache_keys(batch) is not None:
+            rows, cols = batch.negative_mask.nonzero(as_tuple=True)
+            keys = list(zip(batch.index[rows].tolist(), cols.tolist()))
+            if all(k in self._negative_queries for k in keys):
+                return torch.stack([self._negative_queries[k] for k in keys])
+        query = self.model.text_query(tokens)
+        if keys is not None:
+            self._negative_queries.update(zip(keys, query.detach()))
+        return query
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
