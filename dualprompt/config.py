@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -60,6 +61,12 @@ class PromptConfig:
     visual_length: int = 4
     # Layers of the image tower whose input gets fresh visual tokens (1 = shallow, VPT-deep > 1).
     visual_depth: int = 1
+    # Depths as a fraction of the tower's layers, so that one preset fits any tower: when set,
+    # it replaces text_depth / visual_depth by ceil(fraction x layers) when the prompts are
+    # built on a model (`for_model`; 0.75 is 9 of ViT-B's 12 and 3 of the world CLIP's 3,
+    # 1.0 every layer). Prompt files record the resulting depths.
+    text_depth_fraction: Optional[float] = None
+    visual_depth_fraction: Optional[float] = None
     # Generate the visual tokens from the attribute vectors by a linear map per layer (MaPLe).
     # Needs visual_length == attribute_length and visual_depth <= text_depth.
     coupled: bool = False
@@ -88,6 +95,9 @@ class PromptConfig:
         for name in ("text_depth", "visual_depth"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1 (1 = input layer only), "
                                                    f"got {getattr(self, name)}")
+            fraction = getattr(self, f"{name}_fraction")
+            _check(fraction is None or 0.0 < fraction <= 1.0, f"{name}_fraction",
+                   f"must be null or in (0, 1], got {fraction}")
         if self.subcategory_length > 0:
             _check(self.subcategory_pool_size >= 1, "subcategory_pool_size",
                    f"must be >= 1 when subcategory_length > 0, got {self.subcategory_pool_size}")
@@ -131,6 +141,16 @@ class PromptConfig:
     def text_length(self) -> int:
         """Number of prompt positions inserted into every caption."""
         return self.attribute_length + self.subcategory_length
+
+    def for_model(self, text_layers: int, vision_layers: int) -> "PromptConfig":
+        """This config with depth fractions turned into depths for towers of these sizes."""
+        depths = {}
+        for name, layers in (("text_depth", text_layers), ("visual_depth", vision_layers)):
+            fraction = getattr(self, f"{name}_fraction")
+            if fraction is not None:
+                depths[name] = max(1, math.ceil(fraction * layers - 1e-9))
+                depths[f"{name}_fraction"] = None
+        return dataclasses.replace(self, **depths) if depths else self
 
     def check_model(self, text_layers: int, vision_layers: int, context_length: int) -> None:
         """Validate against a concrete model; raises ValueError naming the field."""

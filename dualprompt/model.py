@@ -47,7 +47,8 @@ class DualPromptCLIP(nn.Module):
                  length_buckets: int = 4, train_backbone: bool = False) -> None:
         super().__init__()
         towers.check_supported(clip)
-        config = config if config is not None else PromptConfig()
+        config = (config if config is not None else PromptConfig()).for_model(
+            towers.text_layers(clip), towers.vision_layers(clip))
         config.check_model(towers.text_layers(clip), towers.vision_layers(clip),
                            clip.context_length)
         self.config = config

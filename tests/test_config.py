@@ -53,3 +53,17 @@ def test_round_trip_dict_and_unknown_keys():
     assert PromptConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         PromptConfig.from_dict({"n_ctx": 4})
+
+
+@pytest.mark.parametrize("fraction, layers, depth", [(0.75, 12, 9), (0.75, 3, 3), (0.75, 24, 18),
+                                                     (1.0, 12, 12), (0.1, 3, 1)])
+def test_a_depth_fraction_fits_any_tower(fraction, layers, depth):
+    config = PromptConfig(text_depth_fraction=fraction, visual_depth_fraction=fraction)
+    resolved = config.for_model(layers, layers)
+    assert (resolved.text_depth, resolved.visual_depth) == (depth, depth)
+    assert resolved.text_depth_fraction is None and config.text_depth == 1  # a copy
+
+
+def test_a_depth_fraction_out_of_range_names_the_field():
+    with pytest.raises(ValueError, match="visual_depth_fraction must be null or in"):
+        PromptConfig(visual_depth_fraction=1.5)

@@ -162,3 +162,13 @@ def test_vit_b_32_shapes():
     assert img.shape == txt.shape == (2, 512)
     assert model.visual_prompts.coupling[0].weight.shape == (768, 512)
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(2))
+
+
+def test_depth_fractions_become_the_towers_depths(tiny_clip):
+    from dualprompt import towers
+    model = DualPromptCLIP(tiny_clip, PromptConfig(text_depth_fraction=1.0,
+                                                   visual_depth_fraction=0.5))
+    layers = towers.text_layers(tiny_clip), towers.vision_layers(tiny_clip)
+    assert model.config.text_depth == layers[0] > 1
+    assert model.config.visual_depth == -(-layers[1] // 2)
+    assert model.config.to_dict()["text_depth_fraction"] is None  # the file holds depths
