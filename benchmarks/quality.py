@@ -4,6 +4,13 @@ the procedural world with its small pretrained CLIP.
 
     python benchmarks/quality.py                      # 3 seeds, writes benchmarks/results/
     python benchmarks/quality.py --seeds 0 --quick    # a smoke run
+    python benchmarks/quality.py --tune               # each row at its validation-tuned lr/epochs
+    python benchmarks/quality.py --settings "in-domain, 16 shots"   # 16 training images a class
+
+--tune gives every row the same budget first: the lr (the row's own, x 1/3, 1, 3) x epochs
+(TUNE_EPOCHS) grid, on seed 0, scored on the VALIDATION split only (test=false: the test
+splits are not evaluated); each row then runs its seeds at the grid point with the best
+validation RSUM. The chosen values are in quality_tuning_<setting>.json and the table.
 
 Every row is `python -m dualprompt.train experiment=world` with config overrides (listed in
 BASELINES and VARIANTS), run in-process through `dualprompt.train.train`: same data, model,
@@ -31,8 +38,11 @@ from dualprompt.training.schema import register_configs
 from dualprompt.world.ceiling import ceiling
 
 CONF = Path(dualprompt.__file__).parent / "conf"
-SETTINGS = {"in-domain": "dataset=world_all", "cross-domain": "dataset=world_cross",
-            "in-domain (critters)": "dataset=world"}
+SETTINGS = {"in-domain": ["dataset=world_all"], "cross-domain": ["dataset=world_cross"],
+            "in-domain (critters)": ["dataset=world"],
+            "in-domain, 16 shots": ["dataset=world_all", "dataset.shots=16"]}
+TUNE_LR_FACTORS = (1 / 3, 1.0, 3.0)
+TUNE_EPOCHS = (10, 20)
 # depths are fractions of the tower (VPT-deep 1.0, MaPLe and PromptSRC 0.75): 3 of the world
 # CLIP's 3 layers each, as ViT-B's 12 and 9.
 # Full fine-tuning's lr was chosen on validation (critters, seed 0, val R@1 i2t/t2i): 1e-5
@@ -63,30 +73,60 @@ COSTS = ("trainable_parameters", "artifact_bytes", "train_seconds")
 log = logging.getLogger("benchmarks.quality")
 
 
-def run(setting: str, variant: str, seed: int, out: Path, extra: list[str],
-        zero_shot: bool) -> dict:
-    overrides = ["experiment=world", SETTINGS[setting], *ROWS[variant], f"seed={seed}",
-                 "logger=none",
-                 "trainer.enable_progress_bar=false", f"eval_zero_shot={zero_shot}", *extra]
+def compose_run(setting: str, variant: str, seed: int, extra: list[str]):
+    overrides = ["experiment=world", *SETTINGS[setting], *ROWS[variant], f"seed={seed}",
+                 "logger=none", "trainer.enable_progress_bar=false", *extra]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = OmegaConf.to_object(compose(config_name="train", overrides=overrides))
-    run_dir = out / "runs" / _slug(setting) / _slug(variant) / f"seed{seed}"
+        return overrides, OmegaConf.to_object(compose(config_name="train", overrides=overrides))
+
+
+def run(setting: str, variant: str, seed: int, out: Path, extra: list[str],
+        zero_shot: bool, tag: str = "") -> dict:
+    overrides, cfg = compose_run(setting, variant, seed,
+                                 [f"eval_zero_shot={zero_shot}", *extra])
+    run_dir = out / "runs" / _slug(setting) / _slug(variant) / f"{tag}seed{seed}"
     start = time.time()
     results = train(cfg, run_dir)
     return {"setting": setting, "variant": variant, "seed": seed, "overrides": overrides,
-            "test": results["test"]["AVG"],
+            "test": results["test"]["AVG"] if results.get("test") else None,
+            "val": results["val"]["AVG"],
             "zero_shot": results["zero_shot"]["AVG"] if zero_shot else None,
-            "per_domain": results["test"], "epochs_trained": results["epochs_trained"],
+            "per_domain": results.get("test"), "epochs_trained": results["epochs_trained"],
             "trainable_parameters": results["trainable_parameters"],
             "artifact_bytes": results["artifact_bytes"], "train_seconds": results["train_seconds"],
             "seconds": round(time.time() - start, 1)}
+
+
+def tune(setting: str, variant: str, out: Path, extra: list[str],
+         epochs_grid: tuple[int, ...] = TUNE_EPOCHS) -> dict:
+    """The row's grid point with the best validation RSUM (seed 0, test never evaluated), and
+    every grid point's validation numbers; resumable through quality_tuning_<setting>.json."""
+    path = out / f"quality_tuning_{_slug(setting)}.json"
+    tuning = json.loads(path.read_text()) if path.is_file() else {}
+    if variant in tuning:
+        return tuning[variant]
+    _, cfg = compose_run(setting, variant, 0, extra)
+    grid = []
+    for factor in TUNE_LR_FACTORS:
+        for epochs in epochs_grid:
+            point = [f"optim.lr={cfg.optim.lr * factor:.3g}", f"trainer.max_epochs={epochs}"]
+            r = run(setting, variant, 0, out, [*extra, *point, "test=false"], zero_shot=False,
+                    tag="tune_" + _slug(" ".join(point)) + "_")
+            grid.append({"overrides": point, "val": r["val"],
+                         "train_seconds": r["train_seconds"]})
+            log.info("tune %s / %s / %s: val rsum %.2f", setting, variant, point,
+                     r["val"]["rsum"])
+    best = max(grid, key=lambda g: g["val"]["rsum"])
+    tuning[variant] = {"chosen": best["overrides"], "grid": grid}
+    write_json(path, tuning)
+    return tuning[variant]
 
 
 def task_ceiling(setting: str) -> dict | None:
     """Expected test R@1 of a perfect attribute reader on the setting's test domains
     (dualprompt/world/ceiling.py); None when the world is not built on this machine."""
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="train", overrides=["experiment=world", SETTINGS[setting]])
+        cfg = compose(config_name="train", overrides=["experiment=world", *SETTINGS[setting]])
     try:
         return ceiling(cfg.dataset.root, list(cfg.dataset.test_domains))  # expands ~
     except FileNotFoundError:
@@ -113,7 +153,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def _stats(results: list[dict], runs: list[dict] = ()) -> dict:
-    out = {"n": len(results)}
+    out = {"n": len(results), "tuned": runs[0].get("tuned", []) if runs else []}
     for c in COSTS:
         out[c] = statistics.fmean(r[c] for r in runs) if runs else 0
     for m in METRICS:
@@ -152,6 +192,9 @@ def markdown(summary: dict, meta: dict) -> str:
                 gaps.append(f"{d:+.2f}" + (f" ({d / s:+.1f} sd)" if s > 0 else ""))
             runs = "" if variant == "zero-shot" or stats["n"] == len(meta["seeds"]) else \
                 f" ({stats['n']} of {len(meta['seeds'])} seeds)"
+            if stats.get("tuned"):  # the grid point chosen on validation
+                runs += " [" + ", ".join(k.split(".")[-1] + "=" + v for k, v in
+                                         (o.split("=", 1) for o in stats["tuned"])) + "]"
             lines.append(f"| {variant}{runs} | {cells} | {costs} | {' / '.join(gaps)} |")
         if full is not None:
             lines += ["", _versus_best_baseline(rows, full), "", _against_targets(rows, full)]
@@ -234,6 +277,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
                         metavar="ROW", help=f"rows to run (default all): {list(ROWS)}")
     parser.add_argument("--quick", action="store_true", help="1 epoch per run (smoke test)")
+    parser.add_argument("--tune", action="store_true",
+                        help="each row at its best lr x epochs grid point on validation")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rebuild the tables from the runs files")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
@@ -241,9 +286,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     register_configs()
     extra = list(args.overrides) + (["trainer.max_epochs=1"] if args.quick else [])
+    prefix = "quality_tuned" if args.tune else "quality"
     runs = []
     for setting in args.settings:  # one runs file per setting: settings can run in parallel
-        runs_file = args.out / f"quality_runs_{_slug(setting)}.json"
+        runs_file = args.out / f"{prefix}_runs_{_slug(setting)}.json"
         if runs_file.is_file():
             runs += [r for r in json.loads(runs_file.read_text()) if r["setting"] == setting]
         done = {(r["setting"], r["variant"], r["seed"]) for r in runs}
@@ -252,21 +298,26 @@ def main() -> None:
                 if (setting, variant, seed) in done or args.report_only:  # resumable
                     continue
                 first = not any(r["setting"] == setting and r["zero_shot"] for r in runs)
-                runs.append(run(setting, variant, seed, args.out, extra, zero_shot=first))
+                tuned = (tune(setting, variant, args.out, extra, (1,) if args.quick else
+                              TUNE_EPOCHS)["chosen"] if args.tune else [])
+                runs.append(run(setting, variant, seed, args.out, [*extra, *tuned],
+                                zero_shot=first))
+                runs[-1]["tuned"] = tuned
                 write_json(runs_file, [r for r in runs if r["setting"] == setting])
                 log.info("%s / %s / seed %d: %s", setting, variant, seed, runs[-1]["test"])
     summary = summarize([r for r in runs if r["seed"] in args.seeds])
     meta = {"seeds": args.seeds, "extra_overrides": extra, "git_revision": git_revision(),
             "versions": versions(), "ceiling": {s: task_ceiling(s) for s in summary}}
-    previous = args.out / "quality.json"
+    meta["tuned"] = args.tune
+    previous = args.out / f"{prefix}.json"
     if args.report_only and previous.is_file():  # the runs' revision, not this rebuild's
         made = json.loads(previous.read_text())["meta"]
         meta.update(git_revision=made["git_revision"], versions=made["versions"],
                     report_git_revision=git_revision())
-    write_json(args.out / "quality.json", {"meta": meta, "summary": summary})
-    (args.out / "quality.md").write_text(markdown(summary, meta))
-    plot(summary, args.out / "quality.png", meta["ceiling"])
-    print((args.out / "quality.md").read_text())
+    write_json(args.out / f"{prefix}.json", {"meta": meta, "summary": summary})
+    (args.out / f"{prefix}.md").write_text(markdown(summary, meta))
+    plot(summary, args.out / f"{prefix}.png", meta["ceiling"])
+    print((args.out / f"{prefix}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -246,6 +246,29 @@ def split_validation(records: Sequence[ImageRecord], fraction: float,
     return train, val
 
 
+def few_shot(records: Sequence[ImageRecord], shots: int, seed: int,
+             where: str = "") -> list[ImageRecord]:
+    """`shots` records of each class, drawn with `seed` only (so every method gets the same
+    images at a seed), in their original order; a class with fewer keeps all and is logged.
+    Raises ValueError when the records have no classes."""
+    by_class: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if not r.class_name:
+            raise ValueError(f"{where}: few-shot (dataset.shots={shots}) needs a class per "
+                             f"record; {r.image_id!r} has none (dataset.class_key)")
+        by_class.setdefault(r.class_name, []).append(i)
+    keep, short = [], []
+    for name in sorted(by_class):
+        rows = by_class[name]
+        if len(rows) < shots:
+            short.append(f"{name} ({len(rows)})")
+        keep += random.Random(f"{seed}:{name}").sample(rows, min(shots, len(rows)))
+    if short:
+        log.warning("%s: %d classes have fewer than %d training images, all kept: %s", where,
+                    len(short), shots, ", ".join(short[:5]))
+    return [records[i] for i in sorted(keep)]
+
+
 def check_image(path: Optional[Path], verify: bool) -> Optional[str]:
     """None if the image is usable, else why not. Without `verify` only that the file exists
     and is not empty (a stat); with it, the whole image is decoded: `verify()` alone misses

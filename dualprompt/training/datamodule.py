@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..data import ImageRecord, clean_negatives, load_fdrd_json, load_karpathy_json
 from ..data.custom import load_table
 from ..data.datasets import (EpochShuffle, Gallery, Sample, TrainPairs, check_image,
-                             collate_gallery, collate_pairs, split_validation)
+                             collate_gallery, collate_pairs, few_shot, split_validation)
 from ..data.images import ImageIndex
 from ..data.shards import ShardGallery, ShardPairs, read_shard_records
 from ..data.records import CaptionFormat
@@ -83,6 +83,8 @@ class RetrievalDataModule(L.LightningDataModule):
         if train and not dom.val:
             train_records, val_records = split_validation(train_records, self.cfg.val_fraction,
                                                           self.seed)
+        if train and self.cfg.shots:
+            train_records = few_shot(train_records, self.cfg.shots, self.seed, f"domain {name}")
         test_records = (self._records(root, name, dom, "test")
                         if name in self.cfg.test_domains else [])
         meta = self._meta_categories(root, dom)

@@ -151,6 +151,9 @@ class DatasetConfig:
     train_domains: list[str] = field(default_factory=list)
     test_domains: list[str] = field(default_factory=list)  # each evaluated on its own gallery
     val_fraction: float = 0.1
+    # few-shot: K training images per class (after the validation split), seeded by `seed`
+    # only, so that every method trains on the same images at a seed; null: all of them
+    shots: Optional[int] = None
     skip_bad_images: bool = False  # count, log and skip missing/unreadable images
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     generate: Optional[OfflineAsset] = None  # world: build the offline world if missing
@@ -170,6 +173,8 @@ class DatasetConfig:
     image_root: Optional[str] = None  # relative image paths; null: the data file's folder
 
     def __post_init__(self) -> None:
+        if self.shots is not None and self.shots < 1:
+            raise ValueError(f"dataset.shots must be null or >= 1, got {self.shots}")
         self.domains = {name: as_domain(name, d) for name, d in self.domains.items()}
         if self.train_data or self.test_data:
             self._own_data_as_a_domain()

@@ -1,0 +1,50 @@
+"""`dataset.shots=K`: exactly K training images per class, the same at a seed whatever the
+method, validation and test untouched; data without classes is refused by name."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from dualprompt.data.datasets import few_shot
+from dualprompt.data.records import ImageRecord
+from dualprompt.training.datamodule import RetrievalDataModule
+from dualprompt.training.schema import DatasetConfig
+from tests.test_custom_data import catalogue  # noqa: F401  (module fixture)
+
+
+def _data(catalogue, seed, **keys):  # noqa: F811
+    cfg = DatasetConfig(name="custom", root=".", train_data=str(catalogue["train_csv"]),
+                        test_data=str(catalogue["test_csv"]), class_key="label", **keys)
+    data = RetrievalDataModule(cfg, tokenizer=None, train_transform=None, eval_transform=None,
+                               batch_size=2, eval_batch_size=2, num_workers=0, seed=seed)
+    data.setup()
+    return data.domains["custom"]
+
+
+def test_shots_take_exactly_k_per_class_and_leave_val_and_test(catalogue):  # noqa: F811
+    full = _data(catalogue, seed=0)
+    few = _data(catalogue, seed=0, shots=2)
+    assert Counter(s.record.class_name for s in few.train) == {c: 2 for c in
+                                                               {"alpha", "beta", "gamma",
+                                                                "delta"}}
+    full_ids = {s.record.image_id for s in full.train}
+    assert {s.record.image_id for s in few.train} <= full_ids
+    assert [s.record.image_id for s in few.val] == [s.record.image_id for s in full.val]
+    assert len(few.test) == len(full.test)
+    again = _data(catalogue, seed=0, shots=2)
+    assert [s.record.image_id for s in again.train] == [s.record.image_id for s in few.train]
+    other = _data(catalogue, seed=1, shots=1)
+    assert len(other.train) == 4
+
+
+def test_shots_need_classes():
+    records = [ImageRecord(f"r{i}", f"{i}.jpg", None, ("a cat",)) for i in range(3)]
+    with pytest.raises(ValueError, match=r"needs a class per record; 'r0' has none"):
+        few_shot(records, 1, seed=0, where="train.csv")
+
+
+def test_a_class_with_fewer_images_keeps_them_all():
+    records = [ImageRecord(f"r{i}", f"{i}.jpg", "a" if i < 3 else "b", ("x",)) for i in range(4)]
+    kept = few_shot(records, 2, seed=0)
+    assert Counter(r.class_name for r in kept) == {"a": 2, "b": 1}
