@@ -168,8 +168,11 @@ def retrieval_metrics(
         chunk_size: queries scored at once, see `retrieval_ranks`.
 
     Returns:
-        ``{"i2t_R@k": ..., "t2i_R@k": ... for k in ks, "rsum": ...}`` where ``rsum`` is the sum
-        of the 2 * len(ks) recalls (max 600 with the default ks).
+        ``{"i2t_R@k": ..., "t2i_R@k": ... for k in ks, "rsum": ..., "i2t_mean_rank": ...,
+        "i2t_median_rank": ..., "t2i_mean_rank": ..., "t2i_median_rank": ...}`` where ``rsum``
+        is the sum of the 2 * len(ks) recalls (max 600 with the default ks) and the ranks are
+        1-based (1: the first hit is the top result; the median is the lower middle value, as
+        `torch.median`).
     """
     i2t_rank, t2i_rank = retrieval_ranks(image_features, text_features, text_to_image, chunk_size)
     metrics: dict[str, float] = {}
@@ -177,6 +180,9 @@ def retrieval_metrics(
         for k, recall in recall_at_k(ranks, ks).items():
             metrics[f"{name}_R@{k}"] = 100.0 * recall
     metrics["rsum"] = sum(metrics.values())
+    for name, ranks in (("i2t", i2t_rank), ("t2i", t2i_rank)):
+        metrics[f"{name}_mean_rank"] = ranks.float().mean().item() + 1
+        metrics[f"{name}_median_rank"] = ranks.median().item() + 1.0
     return metrics
 
 

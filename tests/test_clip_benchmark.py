@@ -98,4 +98,22 @@ def test_clip_benchmark_recall_equals_dualprompt_metrics_and_evaluate(toy):
             assert evaluated[key] == pytest.approx(ours[key], abs=1e-4)
     # 3 captions per image: image->text counts a hit for ANY caption in the top K (so it is
     # not true recall, which would top out at K/3 for K < 3)
-    assert any(0 < ours[key] < 100 for key in ours if key != "rsum")
+    assert any(0 < ours[key] < 100 for key in ours if "_R@" in key)
+
+    # the result file evaluate wrote is CLIP_benchmark's: its own `build` step tables it
+    written = toy["tmp"] / "eval" / "clip_benchmark" / "toy.json"
+    dump = json.loads(written.read_text())
+    assert dump["task"] == "zeroshot_retrieval" and dump["model"] == TINY_NAME
+    for key, value in theirs.items():
+        assert dump["metrics"][key] == pytest.approx(value, abs=1e-6)
+    assert dump["metrics"]["t2i_median_rank"] >= 1
+    from argparse import Namespace
+
+    from clip_benchmark.cli import main_build
+    main_build(Namespace(files=[str(written)], output=str(toy["tmp"] / "benchmark.csv")))
+    import csv
+    with open(toy["tmp"] / "benchmark.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["dataset"] == "toy" and float(row["image_retrieval_recall@1"]) == pytest.approx(
+        theirs["image_retrieval_recall@1"], abs=1e-6)
+    assert row["model_fullname"].endswith("prompts.safetensors")

@@ -95,6 +95,9 @@ def test_hand_worked_example():
     metrics = retrieval_metrics(image_features, text_features, text_to_image)
     expected = {"i2t_R@1": 100 / 3, "i2t_R@5": 100.0, "i2t_R@10": 100.0, "t2i_R@1": 25.0}
     expected |= {"t2i_R@5": 100.0, "t2i_R@10": 100.0, "rsum": 100 / 3 + 25 + 400}
+    # 1-based ranks: i2t [1, 2, 2], t2i [2, 2, 2, 1]; medians are the lower middle value
+    expected |= {"i2t_mean_rank": 5 / 3, "i2t_median_rank": 2.0, "t2i_mean_rank": 1.75,
+                 "t2i_median_rank": 2.0}
     assert metrics == pytest.approx(expected)
     assert list(metrics) == list(expected)
 

@@ -20,7 +20,8 @@ from ..training.datamodule import RetrievalDataModule
 from ..training.factory import eval_trainer
 from ..training.module import PromptRetrievalModule
 from ..training.prepare import prepare_offline_assets
-from ..training.results import git_revision, results_table, versions, write_json
+from ..training.results import (git_revision, results_table, versions, write_clip_benchmark,
+                                write_json)
 from ..training.schema import EvaluateConfig, register_configs
 from .errors import user_errors
 
@@ -60,6 +61,9 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict:
     if trainer.is_global_zero:
         path = Path(cfg.output) if cfg.output else run_dir / "results.json"
         write_json(path, out)
+        write_clip_benchmark(path.parent / "clip_benchmark", results, model=cfg.model.name,
+                             pretrained=str(cfg.model.pretrained or "random")
+                             + (f" + {Path(cfg.prompts).name}" if cfg.prompts else ""))
         name = "prompted" if cfg.prompts else "zero-shot"
         log.info("%s Recall@K (%%):\n%s", cfg.split, results_table({name: results}))
         log.info("results: %s", path)

@@ -29,7 +29,8 @@ from ..training.factory import build_logger, build_trainer, eval_trainer, resolv
 from ..training.methods import method_for
 from ..training.module import PromptRetrievalModule
 from ..training.prepare import prepare_offline_assets
-from ..training.results import git_revision, results_table, versions, write_json
+from ..training.results import (git_revision, results_table, versions, write_clip_benchmark,
+                                write_json)
 from ..training.schema import ModelConfig, TrainConfig, register_configs
 from .errors import user_errors
 
@@ -139,12 +140,24 @@ def report(cfg: TrainConfig, run_dir: Path, results: dict, logger,
     """results.json, the before/after table in the log, the artifact to wandb (rank 0)."""
     write_json(run_dir / "results.json", results)
     if "test" in results:
+        for name, per_domain in (("zero_shot", results.get("zero_shot")),
+                                 (cfg.method.name, results["test"])):
+            if per_domain:
+                write_clip_benchmark(run_dir / "clip_benchmark" / name, per_domain,
+                                     model=cfg.model.name, pretrained=_pretrained_name(
+                                         cfg, None if name == "zero_shot" else artifact))
         columns = {"zero-shot": results.get("zero_shot", {}), cfg.method.name: results["test"]}
         log.info("test Recall@K (%%), best %s by %s:\n%s", cfg.method.name, cfg.monitor,
                  results_table({k: v for k, v in columns.items() if v}))
     log.info("results: %s", run_dir / "results.json")
     if artifact is not None:
         _log_artifact(logger, artifact, cfg)
+
+
+def _pretrained_name(cfg: TrainConfig, artifact: Optional[Path]) -> str:
+    """CLIP_benchmark's `pretrained` column: the weights, plus the prompt file when prompted."""
+    base = str(cfg.model.pretrained or "random")
+    return base if artifact is None else f"{base} + {artifact.name} ({cfg.method.name})"
 
 
 def _class_names(cfg: TrainConfig, data: RetrievalDataModule) -> list[str]:

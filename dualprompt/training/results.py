@@ -83,3 +83,29 @@ def results_table(columns: dict[str, dict[str, dict[str, float]]]) -> str:
                 cells = " | ".join(f"{res[domain].get(k, float('nan')):.2f}" for k in KEYS)
                 lines.append(f"| {domain} | {method} | {cells} |")
     return "\n".join(lines)
+
+
+def write_clip_benchmark(folder: Path, per_domain: dict[str, dict[str, float]], *, model: str,
+                         pretrained: str, task: str = "zeroshot_retrieval") -> list[Path]:
+    """One CLIP_benchmark result file per domain (`<folder>/<domain>.json`), as its `eval`
+    writes them, so that `clip_benchmark build <folder>/*.json` tables them beside other
+    models. Its retrieval keys: `image_retrieval_recall@k` is text->image (our t2i) and
+    `text_retrieval_recall@k` image->text (our i2t), as fractions; mean and median ranks ride
+    along under our names."""
+    paths = []
+    for domain, metrics in per_domain.items():
+        if domain == "AVG":
+            continue
+        out: dict[str, float] = {}
+        for key, value in metrics.items():
+            direction, _, rest = key.partition("_")
+            if rest.startswith("R@"):
+                side = "image" if direction == "t2i" else "text"
+                out[f"{side}_retrieval_recall@{rest[2:]}"] = value / 100.0
+            elif rest.endswith("rank"):
+                out[key] = value
+        path = folder / f"{domain}.json"
+        write_json(path, {"dataset": domain, "model": model, "pretrained": pretrained,
+                          "task": task, "metrics": out, "language": "en"})
+        paths.append(path)
+    return paths
