@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from dualprompt import load_prompts
 from tests.conftest import make_tiny_clip, write_tiny_model
@@ -53,6 +54,14 @@ def test_train_writes_results_checkpoint_and_prompt_file_then_resumes(toy, tiny_
     report = results["data"]["reports"]["toy_a/train"]
     assert report["negatives_identical"]["count"] == report["n_records"] == 24
     assert results["data"]["images"]["toy_a"] == {"train": 18, "val": 6, "test": 12}
+    # the pictures, and one curve point per epoch with the logged validation numbers
+    assert [c["epoch"] for c in results["curves"]] == [0, 1]
+    assert all(c["train_loss"] > 0 and 0 <= c["val_i2t_R@1"] <= 100 for c in results["curves"])
+    for picture in ("curves.png", "retrieval_examples.png"):
+        with Image.open(run_dir / picture) as img:
+            assert img.width > 800 and img.height > 300
+    assert json.loads((run_dir / "clip_benchmark" / "zero_shot" / "toy_a.json").read_text())[
+        "metrics"]["image_retrieval_recall@1"] == results["zero_shot"]["toy_a"]["t2i_R@1"] / 100
 
     # the checkpoint holds the learned tensors (+ optimizer/scheduler state), not the CLIP
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -70,6 +79,7 @@ def test_train_writes_results_checkpoint_and_prompt_file_then_resumes(toy, tiny_
     assert "prompted" in evaluated.stderr + evaluated.stdout
     again = json.loads((toy["tmp"] / "eval" / "results.json").read_text())["results"]
     assert again == results["test"]
+    assert (toy["tmp"] / "eval" / "retrieval_examples.png").is_file()
 
     # resume from last: the epoch count continues (epoch 2 only), it does not start over
     proc = run_cli("dualprompt.train", toy, run_dir, "trainer.max_epochs=3", "ckpt_path=last")

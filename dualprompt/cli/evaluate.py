@@ -19,6 +19,7 @@ from ..serve import load_prompts
 from ..training.datamodule import RetrievalDataModule
 from ..training.factory import eval_trainer
 from ..training.module import PromptRetrievalModule
+from ..training.pictures import retrieval_examples
 from ..training.prepare import prepare_offline_assets
 from ..training.results import (git_revision, results_table, versions, write_clip_benchmark,
                                 write_json)
@@ -64,6 +65,14 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict:
         write_clip_benchmark(path.parent / "clip_benchmark", results, model=cfg.model.name,
                              pretrained=str(cfg.model.pretrained or "random")
                              + (f" + {Path(cfg.prompts).name}" if cfg.prompts else ""))
+        if cfg.split == "test" and data.test_domains():
+            first = data.test_domains()[0]
+            models = {"zero-shot CLIP": clip.model}
+            if cfg.prompts:
+                models[Path(cfg.prompts).name] = model
+            retrieval_examples(path.parent / "retrieval_examples.png",
+                               data.domains[first].test, models, clip.preprocess_val,
+                               clip.tokenizer, title=f"{cfg.dataset.name}, test domain {first}")
         name = "prompted" if cfg.prompts else "zero-shot"
         log.info("%s Recall@K (%%):\n%s", cfg.split, results_table({name: results}))
         log.info("results: %s", path)

@@ -28,6 +28,7 @@ from ..training.datamodule import RetrievalDataModule
 from ..training.factory import build_logger, build_trainer, eval_trainer, resolve_ckpt_path
 from ..training.methods import method_for
 from ..training.module import PromptRetrievalModule
+from ..training.pictures import Curves, plot_curves, retrieval_examples
 from ..training.prepare import prepare_offline_assets
 from ..training.results import (git_revision, results_table, versions, write_clip_benchmark,
                                 write_json)
@@ -77,7 +78,25 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
                    git_revision=git_revision())
     if tester.is_global_zero:
         report(cfg, run_dir, results, logger, artifact)
+        draw(cfg, run_dir, results, data, clip, module, zero_shot)
     return results
+
+
+def draw(cfg: TrainConfig, run_dir: Path, results: dict, data: RetrievalDataModule,
+         clip: LoadedClip, module: PromptRetrievalModule,
+         zero_shot: PromptRetrievalModule) -> None:
+    """curves.png (when it trained) and retrieval_examples.png on the first test domain."""
+    title = f"{cfg.method.name} on {cfg.dataset.name}"
+    if results.get("curves"):
+        plot_curves(results["curves"], run_dir / "curves.png", title)
+    domains = data.test_domains() if cfg.test else []
+    if domains:
+        models = {"zero-shot CLIP": zero_shot.model}
+        if module is not zero_shot:
+            models[cfg.method.name] = module.model
+        retrieval_examples(run_dir / "retrieval_examples.png", data.domains[domains[0]].test,
+                           models, clip.preprocess_val, clip.tokenizer,
+                           title=f"{title}, test domain {domains[0]}")
 
 
 def load_base(model: ModelConfig) -> LoadedClip:
@@ -102,15 +121,16 @@ def fit(cfg: TrainConfig, run_dir: Path, module: PromptRetrievalModule,
     export = (ExportBestPrompts(artifact, cfg.monitor, save=save) if cfg.method.gpa_mean is None
               else GaussianPromptAggregation(artifact, cfg.method.gpa_mean, cfg.method.gpa_std,
                                              cfg.trainer.max_epochs, save=save))
+    curves = Curves()
     trainer = build_trainer(cfg.trainer, run_dir, monitor=cfg.monitor, logger=logger,
-                            callbacks=[export])
+                            callbacks=[export, curves])
     fit_start = time.time()
     # weights_only: a checkpoint from elsewhere cannot run code when it is loaded
     trainer.fit(module, datamodule=data, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir),
                 weights_only=True)
     out = {"artifact": str(artifact), "artifact_bytes": _size(artifact),
            "trainable_parameters": module.model.num_trainable_parameters(),
-           "epochs_trained": trainer.current_epoch,
+           "epochs_trained": trainer.current_epoch, "curves": curves.history,
            "train_seconds": round(time.time() - fit_start, 1)}
     if artifact.suffix == ".safetensors":
         out["prompt_file"] = str(artifact)
