@@ -98,6 +98,9 @@ def write_clip_benchmark(folder: Path, per_domain: dict[str, dict[str, float]], 
             continue
         out: dict[str, float] = {}
         for key, value in metrics.items():
+            if key in ("acc1", "acc5", "mean_per_class_recall"):  # classification, fractions
+                out[key] = value / 100.0
+                continue
             direction, _, rest = key.partition("_")
             if rest.startswith("R@"):
                 side = "image" if direction == "t2i" else "text"

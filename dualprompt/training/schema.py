@@ -63,6 +63,13 @@ class Split(StrEnum):
     val = "val"
 
 
+class Task(StrEnum):
+    """What `python -m dualprompt.evaluate` measures."""
+
+    retrieval = "retrieval"  # Recall@K both ways, mean and median rank
+    classification = "classification"  # acc1 / acc5 / mean per-class recall by class names
+
+
 class OfflineAsset(StrEnum):
     """What `dataset.generate` / `model.pretrain` can build on first use."""
 
@@ -350,6 +357,7 @@ class EvaluateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompts: Optional[str] = None  # a prompt file; null: zero-shot CLIP
     split: Split = Split.test
+    task: Task = Task.retrieval
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataLoaderConfig = field(default_factory=DataLoaderConfig)
     output: Optional[str] = None  # results JSON path; default: the run folder
