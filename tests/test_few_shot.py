@@ -1,7 +1,10 @@
 """`dataset.shots=K`: exactly K training images per class, the same at a seed whatever the
-method, validation and test untouched; data without classes is refused by name."""
+method, validation and test untouched; data without classes is refused by name.
+`dataset.base_to_novel=true`: training sees base classes only, the base and novel galleries
+hold only theirs, and results give the harmonic mean."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -10,7 +13,8 @@ from dualprompt.data.datasets import few_shot
 from dualprompt.data.records import ImageRecord
 from dualprompt.training.datamodule import RetrievalDataModule
 from dualprompt.training.schema import DatasetConfig
-from tests.test_custom_data import catalogue  # noqa: F401  (module fixture)
+from tests.test_custom_data import _run, catalogue  # noqa: F401  (module fixture)
+from tests.test_fdrd_release import release  # noqa: F401  (module fixture)
 
 
 def _data(catalogue, seed, **keys):  # noqa: F811
@@ -48,3 +52,35 @@ def test_a_class_with_fewer_images_keeps_them_all():
     records = [ImageRecord(f"r{i}", f"{i}.jpg", "a" if i < 3 else "b", ("x",)) for i in range(4)]
     kept = few_shot(records, 2, seed=0)
     assert Counter(r.class_name for r in kept) == {"a": 2, "b": 1}
+
+
+def test_base_to_novel_trains_on_base_classes_and_tests_two_galleries(catalogue):  # noqa: F811
+    cfg = DatasetConfig(name="custom", root=".", train_data=str(catalogue["train_csv"]),
+                        test_data=str(catalogue["test_csv"]), class_key="label",
+                        base_to_novel=True)
+    data = RetrievalDataModule(cfg, tokenizer=None, train_transform=None, eval_transform=None,
+                               batch_size=2, eval_batch_size=2, num_workers=0, seed=0)
+    data.setup()
+    assert data.base_classes["custom"] == ["alpha", "beta"]  # sorted, first half
+    assert data.test_domains() == ["custom/base", "custom/novel"]
+    classes = lambda samples: {s.record.class_name for s in samples}  # noqa: E731
+    assert classes(data.domains["custom"].val) <= {"alpha", "beta"}
+    assert classes(data.domains["custom"].train) == {"alpha", "beta"}
+    assert classes(data.domains["custom/base"].test) == {"alpha", "beta"}
+    assert classes(data.domains["custom/novel"].test) == {"gamma", "delta"}
+    assert len(data.domains["custom/base"].test) + len(data.domains["custom/novel"].test) == 8
+    # no generated negative names a novel class
+    negatives = {n.class_name for s in data.domains["custom"].train for n in s.record.negatives}
+    assert negatives and negatives <= {"alpha", "beta"}
+
+
+@pytest.mark.slow  # a training run
+def test_base_to_novel_reports_the_harmonic_mean(release, catalogue):  # noqa: F811
+    _, run_dir = _run(release, catalogue, "csv", "dataset.class_key=label",
+                      "dataset.base_to_novel=true")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["test"]) == {"custom/base", "custom/novel", "AVG"}
+    hm = results["base_to_novel"]["test"]["custom"]["i2t_R@1"]
+    assert hm["base"] == results["test"]["custom/base"]["i2t_R@1"]
+    b, n = hm["base"], hm["novel"]
+    assert hm["hm"] == pytest.approx(2 * b * n / (b + n) if b + n else 0.0)

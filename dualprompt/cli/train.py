@@ -30,8 +30,8 @@ from ..training.methods import method_for
 from ..training.module import PromptRetrievalModule
 from ..training.pictures import Curves, plot_curves, retrieval_examples
 from ..training.prepare import prepare_offline_assets
-from ..training.results import (git_revision, results_table, versions, write_clip_benchmark,
-                                write_json)
+from ..training.results import (base_to_novel, git_revision, results_table, versions,
+                                write_clip_benchmark, write_json)
 from ..training.schema import ModelConfig, TrainConfig, register_configs
 from .errors import user_errors
 
@@ -74,6 +74,10 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
     results.update(data=data.summary(), data_check=data_check)
     tester = eval_trainer(cfg.trainer, run_dir)
     results.update(evaluate_splits(cfg, tester, data, module, zero_shot))
+    if cfg.dataset.base_to_novel:
+        results["base_to_novel"] = {key: base_to_novel(results[key]) for key in
+                                    ("test", "zero_shot") if results.get(key)}
+        results["base_classes"] = data.base_classes
     results.update(elapsed_s=round(time.time() - start, 1), config=config, versions=versions(),
                    git_revision=git_revision())
     if tester.is_global_zero:
@@ -169,6 +173,11 @@ def report(cfg: TrainConfig, run_dir: Path, results: dict, logger,
         columns = {"zero-shot": results.get("zero_shot", {}), cfg.method.name: results["test"]}
         log.info("test Recall@K (%%), best %s by %s:\n%s", cfg.method.name, cfg.monitor,
                  results_table({k: v for k, v in columns.items() if v}))
+    for key, domains in results.get("base_to_novel", {}).items():
+        for domain, metrics in domains.items():
+            log.info("%s %s base-to-novel R@1: %s", key, domain, "; ".join(
+                f"{m} base {v['base']:.2f} novel {v['novel']:.2f} HM {v['hm']:.2f}"
+                for m, v in metrics.items()))
     log.info("results: %s", run_dir / "results.json")
     if artifact is not None:
         _log_artifact(logger, artifact, cfg)

@@ -55,6 +55,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.reports: dict[str, object] = {}  # "domain/split" -> FdrdReport / NegativeReport
         self.overlaps: dict[str, dict[str, int]] = {}  # domain -> {"train/test images": n, ...}
         self._resume: dict[str, int] = {}  # from a checkpoint, see `state_dict`
+        self.base_classes: dict[str, list[str]] = {}  # base_to_novel: domain -> base classes
 
     # -- building ------------------------------------------------------------------------
     def setup(self, stage: Optional[str] = None) -> None:
@@ -74,19 +75,49 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.skipped:
             log.warning("skipped %d unusable images (dataset.skip_bad_images=true): %s",
                         sum(self.skipped.values()), self.skipped)
+        if cfg.base_to_novel:
+            self._split_base_and_novel()
+
+    def _base(self, name: str, records: list[ImageRecord]) -> set[str]:
+        """CoCoOp's base classes of a domain: the first half of its classes sorted by name
+        (the larger half when odd); the rest are novel."""
+        classes = sorted({r.class_name for r in records if r.class_name})
+        if len(classes) < 2 or any(not r.class_name for r in records):
+            raise ValueError(f"dataset.base_to_novel: domain {name} needs a class per record "
+                             f"and at least 2 classes (has {len(classes)})")
+        base = classes[:-(-len(classes) // 2)]
+        self.base_classes[name] = base
+        log.info("domain %s base-to-novel: %d base classes (%s ...), %d novel", name,
+                 len(base), ", ".join(base[:3]), len(classes) - len(base))
+        return set(base)
+
+    def _split_base_and_novel(self) -> None:
+        """The test split of each test domain as two galleries, `<domain>/base` and
+        `<domain>/novel`, each holding only its classes."""
+        for name in self.cfg.test_domains:
+            base = set(self.base_classes[name])
+            test = self.domains[name].test
+            self.domains[f"{name}/base"] = DomainSplits(
+                [], [], [s for s in test if s.record.class_name in base])
+            self.domains[f"{name}/novel"] = DomainSplits(
+                [], [], [s for s in test if s.record.class_name not in base])
 
     def _build_domain(self, name: str, dom: DomainConfig, categories: dict[str, int],
                       train: bool) -> DomainSplits:
         root = Path(self.cfg.root).expanduser()
         train_records = self._records(root, name, dom, "train") if train else []
         val_records = self._records(root, name, dom, "val") if train and dom.val else []
+        test_records = (self._records(root, name, dom, "test")
+                        if name in self.cfg.test_domains else [])
         if train and not dom.val:
             train_records, val_records = split_validation(train_records, self.cfg.val_fraction,
                                                           self.seed)
         if train and self.cfg.shots:
             train_records = few_shot(train_records, self.cfg.shots, self.seed, f"domain {name}")
-        test_records = (self._records(root, name, dom, "test")
-                        if name in self.cfg.test_domains else [])
+        if self.cfg.base_to_novel:  # before negatives: training never names a novel class
+            base = self._base(name, train_records + val_records + test_records)
+            train_records = [r for r in train_records if r.class_name in base]
+            val_records = [r for r in val_records if r.class_name in base]
         meta = self._meta_categories(root, dom)
         with_classes = dom.format != CaptionFormat.karpathy
         if train_records and with_classes and not any(r.class_name for r in train_records):
@@ -236,6 +267,8 @@ class RetrievalDataModule(L.LightningDataModule):
                        if s.record.class_name})
 
     def test_domains(self) -> list[str]:
+        if self.cfg.base_to_novel:
+            return [f"{d}/{part}" for d in self.cfg.test_domains for part in ("base", "novel")]
         return list(self.cfg.test_domains)
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -112,3 +112,21 @@ def write_clip_benchmark(folder: Path, per_domain: dict[str, dict[str, float]], 
                           "task": task, "metrics": out, "language": "en"})
         paths.append(path)
     return paths
+
+
+def base_to_novel(per_domain: dict[str, dict[str, float]]) -> dict[str, dict[str, dict]]:
+    """{domain: {metric: {"base", "novel", "hm"}}} for R@1 in each direction, from the
+    `<domain>/base` and `<domain>/novel` galleries of a base-to-novel run (CoCoOp's harmonic
+    mean: 2 b n / (b + n), 0 when both are 0)."""
+    out: dict[str, dict[str, dict]] = {}
+    for name in per_domain:
+        if not name.endswith("/base") or name[:-5] + "/novel" not in per_domain:
+            continue
+        domain = name[:-5]
+        base, novel = per_domain[name], per_domain[domain + "/novel"]
+        out[domain] = {}
+        for metric in ("i2t_R@1", "t2i_R@1"):
+            b, n = base[metric], novel[metric]
+            out[domain][metric] = {"base": b, "novel": n,
+                                   "hm": 2 * b * n / (b + n) if b + n else 0.0}
+    return out

@@ -161,6 +161,9 @@ class DatasetConfig:
     # few-shot: K training images per class (after the validation split), seeded by `seed`
     # only, so that every method trains on the same images at a seed; null: all of them
     shots: Optional[int] = None
+    # seen/unseen subcategories (CoCoOp's base-to-novel): train on the first half of each
+    # domain's classes (sorted by name), test on a base and a novel gallery per domain
+    base_to_novel: bool = False
     skip_bad_images: bool = False  # count, log and skip missing/unreadable images
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     generate: Optional[OfflineAsset] = None  # world: build the offline world if missing
