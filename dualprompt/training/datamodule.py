@@ -240,19 +240,21 @@ class RetrievalDataModule(L.LightningDataModule):
         samples = [s for d in self.cfg.train_domains for s in self.domains[d].train]
         pairs = TrainPairs(samples, self.train_transform, self.tokenizer, self.cfg.negatives.k,
                            seed=self.seed)
-        if len(pairs) < self.batch_size:
-            raise ValueError(f"dataset {self.cfg.name}: {len(pairs)} training images, fewer "
-                             f"than data.batch_size={self.batch_size}")
+        batch_size = self.batch_size
+        if len(pairs) < batch_size:  # few-shot on few classes: one smaller batch (as Dassl)
+            batch_size = len(pairs)
+            log.warning("dataset %s: %d training images, fewer than data.batch_size=%d: "
+                        "batches of %d", self.cfg.name, len(pairs), self.batch_size, batch_size)
         if samples[0].member is not None:  # WebDataset shards, streamed
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
-            stream = ShardPairs(samples, pairs, batch_size=self.batch_size,
+            stream = ShardPairs(samples, pairs, batch_size=batch_size,
                                 num_workers=self.num_workers, seed=self.seed, start_epoch=epoch)
-            return DataLoader(stream, batch_size=self.batch_size, collate_fn=collate_pairs,
+            return DataLoader(stream, batch_size=batch_size, collate_fn=collate_pairs,
                               num_workers=self.num_workers,
                               persistent_workers=self.num_workers > 0,
                               worker_init_fn=self._worker_init())
         # the order is a function of (seed, epoch): a resumed run sees the same batches
-        return DataLoader(pairs, batch_size=self.batch_size, collate_fn=collate_pairs,
+        return DataLoader(pairs, batch_size=batch_size, collate_fn=collate_pairs,
                           sampler=EpochShuffle(len(pairs), self.seed, self._resume_at()),
                           drop_last=True, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
