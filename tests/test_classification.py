@@ -60,3 +60,56 @@ def test_templates_take_the_domains_own_prefix():
     samples = [Sample(ImageRecord(str(i), f"{i}.jpg", c, (f"This is a photo of {c}. It is big.",)),
                       Path(f"{i}.jpg")) for i, c in enumerate(["Koso", "Truzo"])]
     assert templates_for(samples) == [CLIP_TEMPLATE, "This is a photo of {}."]
+
+
+def test_attribute_extraction_equals_a_hand_computation(catalogue, tmp_path,  # noqa: F811
+                                                        tiny_config_file):
+    from dualprompt.data.custom import load_table
+    from dualprompt.training.attributes import extract_attributes, load_attributes
+    config, weights = write_tiny_model(tmp_path)
+    clip = load_clip(TINY_NAME, str(weights), config_file=str(config))
+    records = load_table(catalogue["test_csv"], "csv", class_key="label")
+    samples = [Sample(r, catalogue["test_csv"].parent / r.file_name) for r in records]
+    table = {r.image_id: {"colour": CLASSES[r.class_name][0], "pattern": CLASSES[r.class_name][1],
+                          "split": "test"} for r in records}
+    (tmp_path / "attributes.json").write_text(json.dumps(table))
+    truth = load_attributes(tmp_path / "attributes.json", samples)
+    assert truth[0] == {"colour": "red", "pattern": "stripes"}  # bookkeeping keys dropped
+    out = extract_attributes(clip.model, samples, truth, clip.preprocess_val, clip.tokenizer,
+                             {"colour": "a {} square"}, batch_size=3)
+    with torch.no_grad():
+        images = F.normalize(clip.model.encode_image(torch.stack(
+            [load_image(s.path, clip.preprocess_val) for s in samples])), dim=-1)
+        for name, template in (("colour", "a {} square"), ("pattern", "a photo of something {}.")):
+            values = sorted({row[name] for row in truth})
+            text = F.normalize(clip.model.encode_text(clip.tokenizer(
+                [template.format(v) for v in values])), dim=-1)
+            predicted = (images @ text.t()).argmax(1)
+            target = torch.tensor([values.index(row[name]) for row in truth])
+            f1 = []
+            for v in range(len(values)):
+                tp = ((predicted == v) & (target == v)).sum().item()
+                fp = ((predicted == v) & (target != v)).sum().item()
+                fn = ((predicted != v) & (target == v)).sum().item()
+                f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+            got = out["attributes"][name]
+            assert got["accuracy"] == pytest.approx(
+                100 * (predicted == target).float().mean().item(), abs=1e-4)
+            assert got["macro_f1"] == pytest.approx(100 * sum(f1) / len(f1), abs=1e-4)
+    # through evaluate task=attributes, the file named by the domain config
+    from dualprompt.training.schema import DomainConfig
+    cfg = EvaluateConfig(
+        dataset=DatasetConfig(name="attrs", root=str(catalogue["test_csv"].parent),
+                              captions=str(catalogue["test_csv"].parent), class_key="label",
+                              domains={"custom": DomainConfig(
+                                  test="test.csv", format="csv",
+                                  attributes=str(tmp_path / "attributes.json"))},
+                              test_domains=["custom"],
+                              attribute_templates={"colour": "a {} square"}),
+        model=ModelConfig(name=TINY_NAME, pretrained=str(weights), config_file=str(config)),
+        task="attributes", data=DataLoaderConfig(eval_batch_size=3, num_workers=0))
+    evaluated = evaluate(cfg, tmp_path / "eval")["results"]["custom"]
+    assert evaluated["attributes"]["colour"] == out["attributes"]["colour"]
+    (tmp_path / "attributes.json").write_text(json.dumps({}))
+    with pytest.raises(ValueError, match=r"attributes.json: no attributes for record 'test.csv:2'"):
+        load_attributes(tmp_path / "attributes.json", samples)

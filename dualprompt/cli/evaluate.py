@@ -3,7 +3,8 @@
 Recall@K of a prompt file (or of the zero-shot CLIP when `prompts` is null) on a dataset's
 test (or validation) splits, per domain and AVG, written as JSON, with CLIP_benchmark result
 files and retrieval_examples.png. `task=classification`: acc1 / acc5 / mean per-class recall of
-the images by their class names (training/classification.py), zero-shot beside prompted.
+the images by their class names (training/classification.py), zero-shot beside prompted;
+`task=attributes`: accuracy and macro-F1 per attribute (training/attributes.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..serve import load_prompts
 from ..training.datamodule import RetrievalDataModule
 from ..training.factory import eval_trainer
 from ..training.module import PromptRetrievalModule
+from ..training.attributes import extract_attributes, load_attributes
 from ..training.classification import classify
 from ..training.pictures import retrieval_examples
 from ..training.prepare import prepare_offline_assets
@@ -49,8 +51,8 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict:
         eval_transform=clip.preprocess_val, batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
     data.setup()
-    if cfg.task == Task.classification:
-        return _classification(cfg, run_dir, clip, model, data, start)
+    if cfg.task != Task.retrieval:
+        return _per_domain_task(cfg, run_dir, clip, model, data, start)
     module = PromptRetrievalModule(model, val_domains=data.val_domains(),
                                    test_domains=data.test_domains())
     trainer = eval_trainer(cfg.trainer, run_dir)
@@ -84,10 +86,10 @@ def evaluate(cfg: EvaluateConfig, run_dir: Path) -> dict:
     return out
 
 
-def _classification(cfg: EvaluateConfig, run_dir: Path, clip, model, data: RetrievalDataModule,
-                    start: float) -> dict:
-    """Per domain of the split: the model's classification metrics, and the zero-shot CLIP's
-    beside them when a prompt file is evaluated (one process: no DDP needed for this)."""
+def _per_domain_task(cfg: EvaluateConfig, run_dir: Path, clip, model,
+                     data: RetrievalDataModule, start: float) -> dict:
+    """Per domain of the split: the model's classification or attribute metrics, and the
+    zero-shot CLIP's beside them when a prompt file is evaluated (one process)."""
     domains = data.test_domains() if cfg.split == "test" else data.val_domains()
     models = {"prompted": model, "zero_shot": clip.model} if cfg.prompts else {
         "zero_shot": clip.model}
@@ -95,12 +97,22 @@ def _classification(cfg: EvaluateConfig, run_dir: Path, clip, model, data: Retri
     for domain in domains:
         samples = getattr(data.domains[domain], str(cfg.split))
         for name, m in models.items():
-            results[name][domain] = classify(m, samples, clip.preprocess_val, clip.tokenizer,
-                                             batch_size=cfg.data.eval_batch_size)
-            log.info("%s %s: acc1 %.2f  acc5 %.2f  mean per-class recall %.2f", domain, name,
-                     results[name][domain]["acc1"], results[name][domain]["acc5"],
-                     results[name][domain]["mean_per_class_recall"])
-    out = {"task": "classification", "split": cfg.split, "prompts": cfg.prompts,
+            if cfg.task == Task.classification:
+                results[name][domain] = r = classify(m, samples, clip.preprocess_val,
+                                                     clip.tokenizer,
+                                                     batch_size=cfg.data.eval_batch_size)
+                log.info("%s %s: acc1 %.2f  acc5 %.2f  mean per-class recall %.2f", domain,
+                         name, r["acc1"], r["acc5"], r["mean_per_class_recall"])
+                continue
+            results[name][domain] = r = extract_attributes(
+                m, samples, _attributes(cfg, domain, samples), clip.preprocess_val,
+                clip.tokenizer, cfg.dataset.attribute_templates, cfg.data.eval_batch_size)
+            log.info("%s %s attributes: %s; overall accuracy %.2f, macro-F1 %.2f (%.1f ms an "
+                     "image)", domain, name, ", ".join(
+                         f"{a} {v['accuracy']:.1f}/{v['macro_f1']:.1f}"
+                         for a, v in r["attributes"].items()),
+                     r["overall"]["accuracy"], r["overall"]["macro_f1"], r["ms_per_image"])
+    out = {"task": str(cfg.task), "split": cfg.split, "prompts": cfg.prompts,
            "results": results.get("prompted", results["zero_shot"]),
            "zero_shot": results["zero_shot"], "data": data.summary(),
            "elapsed_s": round(time.time() - start, 1),
@@ -108,12 +120,24 @@ def _classification(cfg: EvaluateConfig, run_dir: Path, clip, model, data: Retri
            "versions": versions(), "git_revision": git_revision()}
     path = Path(cfg.output) if cfg.output else run_dir / "results.json"
     write_json(path, out)
-    write_clip_benchmark(path.parent / "clip_benchmark", out["results"], model=cfg.model.name,
-                         pretrained=str(cfg.model.pretrained or "random")
-                         + (f" + {Path(cfg.prompts).name}" if cfg.prompts else ""),
-                         task="zeroshot_classification")
+    if cfg.task == Task.classification:
+        write_clip_benchmark(path.parent / "clip_benchmark", out["results"],
+                             model=cfg.model.name, pretrained=str(cfg.model.pretrained or
+                                                                  "random")
+                             + (f" + {Path(cfg.prompts).name}" if cfg.prompts else ""),
+                             task="zeroshot_classification")
     log.info("results: %s", path)
     return out
+
+
+def _attributes(cfg: EvaluateConfig, domain: str, samples) -> list[dict[str, str]]:
+    file = cfg.dataset.domains[domain].attributes
+    if not file:
+        raise ValueError(f"task=attributes: domain {domain} has no attribute file "
+                         f"(dataset.domains.{domain}.attributes: a JSON {{image id: "
+                         "{attribute: value}}, relative to the caption folder)")
+    base = Path(cfg.dataset.captions or cfg.dataset.root).expanduser()
+    return load_attributes(base / file, samples)
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base=None)

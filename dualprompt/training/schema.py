@@ -68,6 +68,7 @@ class Task(StrEnum):
 
     retrieval = "retrieval"  # Recall@K both ways, mean and median rank
     classification = "classification"  # acc1 / acc5 / mean per-class recall by class names
+    attributes = "attributes"  # the closest value per attribute: accuracy, macro-F1
 
 
 class OfflineAsset(StrEnum):
@@ -136,6 +137,9 @@ class DomainConfig:
     format: CaptionFormat = CaptionFormat.fdrd
     meta_categories: Optional[str] = None  # JSON {class: meta-category}, relative to the root
     note: Optional[str] = None  # said when a split the run needs has no file (e.g. no release)
+    # JSON {image id: {attribute: value}} for `evaluate task=attributes`, relative to the
+    # caption folder (the world writes <domain>/attributes.json)
+    attributes: Optional[str] = None
 
 
 @dataclass
@@ -161,6 +165,9 @@ class DatasetConfig:
     # few-shot: K training images per class (after the validation split), seeded by `seed`
     # only, so that every method trains on the same images at a seed; null: all of them
     shots: Optional[int] = None
+    # evaluate task=attributes: a prompt per attribute, "{}" the value; others get
+    # "a photo of something {}."
+    attribute_templates: dict[str, str] = field(default_factory=dict)
     # seen/unseen subcategories (CoCoOp's base-to-novel): train on the first half of each
     # domain's classes (sorted by name), test on a base and a novel gallery per domain
     base_to_novel: bool = False
