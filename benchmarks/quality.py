@@ -103,8 +103,9 @@ def tune(setting: str, variant: str, out: Path, extra: list[str],
     every grid point's validation numbers; resumable through quality_tuning_<setting>.json."""
     path = out / f"quality_tuning_{_slug(setting)}.json"
     tuning = json.loads(path.read_text()) if path.is_file() else {}
-    if variant in tuning:
-        return tuning[variant]
+    key = json.dumps([variant, list(epochs_grid), extra])  # a --quick grid is not reused
+    if key in tuning:
+        return tuning[key]
     _, cfg = compose_run(setting, variant, 0, extra)
     grid = []
     for factor in TUNE_LR_FACTORS:
@@ -117,9 +118,9 @@ def tune(setting: str, variant: str, out: Path, extra: list[str],
             log.info("tune %s / %s / %s: val rsum %.2f", setting, variant, point,
                      r["val"]["rsum"])
     best = max(grid, key=lambda g: g["val"]["rsum"])
-    tuning[variant] = {"chosen": best["overrides"], "grid": grid}
+    tuning[key] = {"variant": variant, "chosen": best["overrides"], "grid": grid}
     write_json(path, tuning)
-    return tuning[variant]
+    return tuning[key]
 
 
 def task_ceiling(setting: str) -> dict | None:

@@ -64,7 +64,8 @@ class PromptConfig:
     # Depths as a fraction of the tower's layers, so that one preset fits any tower: when set,
     # it replaces text_depth / visual_depth by ceil(fraction x layers) when the prompts are
     # built on a model (`for_model`; 0.75 is 9 of ViT-B's 12 and 3 of the world CLIP's 3,
-    # 1.0 every layer). Prompt files record the resulting depths.
+    # 1.0 every layer; coupled, the visual depth is capped at the text depth). Setting both a
+    # fraction and a depth other than 1 is an error. Prompt files record the resulting depths.
     text_depth_fraction: Optional[float] = None
     visual_depth_fraction: Optional[float] = None
     # Generate the visual tokens from the attribute vectors by a linear map per layer (MaPLe).
@@ -98,6 +99,9 @@ class PromptConfig:
             fraction = getattr(self, f"{name}_fraction")
             _check(fraction is None or 0.0 < fraction <= 1.0, f"{name}_fraction",
                    f"must be null or in (0, 1], got {fraction}")
+            _check(fraction is None or getattr(self, name) == 1, f"{name}_fraction",
+                   f"is {fraction} and {name} is {getattr(self, name)}: set one (the other to "
+                   f"null / 1), e.g. {name}_fraction=null to use {name}")
         if self.subcategory_length > 0:
             _check(self.subcategory_pool_size >= 1, "subcategory_pool_size",
                    f"must be >= 1 when subcategory_length > 0, got {self.subcategory_pool_size}")
@@ -150,6 +154,9 @@ class PromptConfig:
             if fraction is not None:
                 depths[name] = max(1, math.ceil(fraction * layers - 1e-9))
                 depths[f"{name}_fraction"] = None
+        if self.coupled and "visual_depth" in depths:  # MaPLe: a visual layer per text one
+            depths["visual_depth"] = min(depths["visual_depth"],
+                                         depths.get("text_depth", self.text_depth))
         return dataclasses.replace(self, **depths) if depths else self
 
     def check_model(self, text_layers: int, vision_layers: int, context_length: int) -> None:

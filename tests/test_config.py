@@ -67,3 +67,15 @@ def test_a_depth_fraction_fits_any_tower(fraction, layers, depth):
 def test_a_depth_fraction_out_of_range_names_the_field():
     with pytest.raises(ValueError, match="visual_depth_fraction must be null or in"):
         PromptConfig(visual_depth_fraction=1.5)
+
+
+def test_a_depth_and_a_fraction_together_are_refused():
+    with pytest.raises(ValueError, match="text_depth_fraction is 0.75 and text_depth is 9"):
+        PromptConfig(text_depth=9, text_depth_fraction=0.75)
+
+
+def test_coupled_depth_fractions_fit_towers_of_different_depths():
+    config = PromptConfig(attribute_length=2, visual_length=2, subcategory_length=0,
+                          coupled=True, text_depth_fraction=0.75, visual_depth_fraction=0.75)
+    resolved = config.for_model(12, 24)  # ViT-L/14: 12 text layers, 24 image layers
+    assert (resolved.text_depth, resolved.visual_depth) == (9, 9)

@@ -142,3 +142,15 @@ def test_ddp_trains_from_shards(release, catalogue):  # noqa: F811
     # 14 training samples (2 held out for validation), 7 per rank: one per rank cannot make a
     # whole batch of 2, and is said
     assert "2 of 14 samples per epoch left out" in proc.stdout + proc.stderr
+
+
+def test_a_streamed_gallery_with_workers_yields_every_image_in_its_stated_batches(catalogue):  # noqa: F811
+    from dualprompt.data.datasets import Gallery, collate_gallery
+    from dualprompt.data.shards import ShardGallery
+    samples = _samples(catalogue["test_wds"])
+    gallery = Gallery(samples, _no_transform, _no_tokens, "test")
+    loader = DataLoader(ShardGallery(samples, gallery, batch_size=3), batch_size=3,
+                        num_workers=2, collate_fn=collate_gallery)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3  # 8 images: 3 + 3 + 2, the workers in turn
+    assert sorted(i for b in batches for i in b.image_ids.tolist()) == list(range(8))

@@ -22,7 +22,7 @@ class Sample:
     """A record with its resolved image file and integer category ids."""
 
     record: ImageRecord
-    path: Path
+    path: Union[Path, str]  # a file, or a shard (a str when it is a URL)
     category: int = -1  # id of the record's category (fine class or meta-category), -1: none
     negative_categories: tuple[int, ...] = ()  # one per negative, -1 when unknown
     member: Optional[str] = None  # the sample's key in a WebDataset shard (`path`): shards.py

@@ -14,8 +14,9 @@ The `webdataset` package reads the tars; dualprompt adds what a retrieval run ne
   whose shards hold different numbers of samples all stop at the smallest count (DDP needs the
   same number of steps on each rank); what that drops is counted and logged. Within a rank,
   the loader workers take the samples in turn, not whole shards as in open_clip: a worker then
-  reads all of its rank's shards (only the bytes, it decodes its own images), and in exchange
-  every worker has the same count, so the epoch's length is known before it starts.
+  reads all of its rank's shards (only the bytes, it decodes its own images); in exchange
+  workers take whole batches in turn (batch j to worker j mod workers), so the epoch's length
+  is known before it starts and at most a batch less one is left out per rank.
 - Evaluation reads every shard on every rank (the metric keeps one copy of each id): exact,
   at the cost of evaluating the whole gallery on each rank.
 """
@@ -174,8 +175,8 @@ class ShardPairs(_ShardStream):
 
     The shard order within a rank and the sample order (a shuffle buffer) change with the epoch,
     seeded; the epoch counts this dataset's iterations from `start_epoch` (Lightning does not
-    tell an iterable dataset the epoch). Each worker's stream is cut to whole batches, so the
-    loader's length is exact. A run resumed from a mid-epoch checkpoint restarts that epoch's
+    tell an iterable dataset the epoch). Workers take whole batches in turn, so the loader's
+    length is exact. A run resumed from a mid-epoch checkpoint restarts that epoch's
     stream."""
 
     def __init__(self, samples: Sequence[Sample], pairs: TrainPairs, *, batch_size: int,
@@ -192,17 +193,21 @@ class ShardPairs(_ShardStream):
         for s in self.samples:
             counts[str(s.path)] += 1
         per_rank = [sum(counts[u] for u in self.shards[r::self.world]) for r in range(self.world)]
-        self.limit = min(per_rank)
-        per_worker = [len(range(w, self.limit, self.num_workers)) for w in range(self.num_workers)]
-        self.worker_quota = [n // batch_size * batch_size for n in per_worker]
-        dropped = sum(per_rank) - self.world * sum(self.worker_quota)
+        # every rank stops at the smallest count, cut to whole batches; batch j of a rank's
+        # stream goes to worker j mod num_workers, so at most batch_size - 1 are left out
+        self.limit = min(per_rank) // batch_size * batch_size
+        if self.limit == 0:
+            raise ValueError(f"WebDataset training: {min(per_rank)} samples on the smallest of "
+                             f"{self.world} ranks, less than one batch of {batch_size}; lower "
+                             "data.batch_size or spread the samples over more shards")
+        dropped = sum(per_rank) - self.world * self.limit
         if dropped and self.rank == 0:
             log.warning("WebDataset training: %d of %d samples per epoch left out to give %d "
-                        "ranks x %d workers whole, equal batches (samples per rank: %s)",
-                        dropped, sum(per_rank), self.world, self.num_workers, per_rank)
+                        "ranks whole, equal batches (samples per rank: %s)", dropped,
+                        sum(per_rank), self.world, per_rank)
 
     def __len__(self) -> int:
-        return sum(self.worker_quota)
+        return self.limit
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -213,12 +218,10 @@ class ShardPairs(_ShardStream):
         shards = self.shards[self.rank::self.world]
         random.Random(f"{self.seed}:{epoch}:{self.rank}").shuffle(shards)
         mine = (item for pos, item in enumerate(self._read(shards))
-                if pos < self.limit and pos % num_workers == worker)
+                if pos < self.limit and pos // self.batch_size % num_workers == worker)
         rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}")
         stream = _wds().shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER, rng=rng)(mine)
-        for n, (i, data, where) in enumerate(stream):
-            if n == self.worker_quota[worker]:
-                break
+        for i, data, where in stream:
             yield self.pairs.item(i, epoch, decode(data, self.pairs.transform, where))
 
 
@@ -226,15 +229,17 @@ class ShardGallery(_ShardStream):
     """`Gallery` items streamed from shards: every rank reads them all (see the module doc);
     workers take the samples in turn."""
 
-    def __init__(self, samples: Sequence[Sample], gallery: Gallery) -> None:
+    def __init__(self, samples: Sequence[Sample], gallery: Gallery, batch_size: int) -> None:
         super().__init__(samples)
-        self.gallery = gallery
+        self.gallery, self.batch_size = gallery, batch_size
 
     def __len__(self) -> int:
+        """Whole batches, the last one possibly short: workers take batches in turn, so the
+        loader's batch count (this / batch_size, rounded up) is the true one."""
         return len(self.samples)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         worker, num_workers = _worker()
         for pos, (i, data, where) in enumerate(self._read(self.shards)):
-            if pos % num_workers == worker:
+            if pos // self.batch_size % num_workers == worker:
                 yield self.gallery.item(i, decode(data, self.gallery.transform, where))

@@ -47,15 +47,19 @@ def extract_attributes(model: nn.Module, samples: Sequence[Sample],
                        tokenizer: Callable, templates: Mapping[str, str] | None = None,
                        batch_size: int = 64) -> dict:
     """Per attribute: accuracy and macro-F1 (%) over the values seen in `truth`, and the
-    overall mean of each; `ms_per_image`: this model's image encoding and scoring time."""
+    overall mean of each; `ms_per_image`: this model's image encoding and scoring time (wall
+    clock on the CPU; on a GPU it would need a synchronize)."""
+    if any(s.member is not None for s in samples):
+        raise ValueError("task=attributes reads image files; WebDataset shards are not "
+                         "supported here yet")
     templates = dict(templates or {})
     names = sorted({k for row in truth for k in row})
     values = {a: sorted({row[a] for row in truth if a in row}) for a in names}
+    was_training = model.training
+    model.eval()
     prompts = {a: F.normalize(model.encode_text(tokenizer(
         [templates.get(a, DEFAULT_TEMPLATE).format(v) for v in values[a]]), normalize=True)
         .float(), dim=-1) for a in names}
-    was_training = model.training
-    model.eval()
     loader = DataLoader(Gallery(samples, transform, tokenizer, "attributes"),
                         batch_size=batch_size, collate_fn=collate_gallery)
     start = time.perf_counter()

@@ -63,13 +63,16 @@ def classify(model: nn.Module, samples: Sequence[Sample], transform: Callable,
     samples = [s for s in samples if s.record.class_name]
     if not samples:
         raise ValueError("classification needs class names: these records have none")
+    if any(s.member is not None for s in samples):
+        raise ValueError("task=classification reads image files; WebDataset shards are not "
+                         "supported here yet")
     classes = sorted({s.record.class_name for s in samples})
     if len(classes) < 2:
         raise ValueError(f"classification needs at least 2 classes, got {classes}")
     templates = list(templates or templates_for(samples))
-    weights = class_embeddings(model, tokenizer, classes, templates)
     was_training = model.training
     model.eval()
+    weights = class_embeddings(model, tokenizer, classes, templates)
     loader = DataLoader(Gallery(samples, transform, tokenizer, "classification"),
                         batch_size=batch_size, collate_fn=collate_gallery)
     logits = torch.cat([model.encode_image(b.image, normalize=True).float() @ weights.t()

@@ -112,8 +112,10 @@ class RetrievalDataModule(L.LightningDataModule):
         if train and not dom.val:
             train_records, val_records = split_validation(train_records, self.cfg.val_fraction,
                                                           self.seed)
-        if train and self.cfg.shots:
+        if train and self.cfg.shots:  # and, as CoOp, a min(K, 4)-shot validation split
             train_records = few_shot(train_records, self.cfg.shots, self.seed, f"domain {name}")
+            val_records = few_shot(val_records, min(self.cfg.shots, 4), self.seed,
+                                   f"domain {name} val")
         if self.cfg.base_to_novel:  # before negatives: training never names a novel class
             base = self._base(name, train_records + val_records + test_records)
             train_records = [r for r in train_records if r.class_name in base]
@@ -146,7 +148,9 @@ class RetrievalDataModule(L.LightningDataModule):
             for r in records:
                 if shards:  # in a shard: its image member was checked when it was read
                     shard = r.image_id[:-len(r.file_name) - 1]  # "<shard>#<key>"
-                    out.append(Sample(r, Path(shard), category(r.class_name),
+                    # a URL stays a string: Path would fold "https://" into "https:/"
+                    out.append(Sample(r, shard if "://" in shard else Path(shard),
+                                      category(r.class_name),
                                       tuple(category(n.class_name) for n in r.negatives),
                                       member=r.file_name))
                     continue
@@ -241,11 +245,13 @@ class RetrievalDataModule(L.LightningDataModule):
         pairs = TrainPairs(samples, self.train_transform, self.tokenizer, self.cfg.negatives.k,
                            seed=self.seed)
         batch_size = self.batch_size
-        if len(pairs) < batch_size:  # few-shot on few classes: one smaller batch (as Dassl)
-            batch_size = len(pairs)
-            log.warning("dataset %s: %d training images, fewer than data.batch_size=%d: "
-                        "batches of %d", self.cfg.name, len(pairs), self.batch_size, batch_size)
-        if samples[0].member is not None:  # WebDataset shards, streamed
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(pairs) < batch_size * world:  # few-shot on few classes: smaller batches (Dassl)
+            batch_size = max(1, len(pairs) // world)
+            log.warning("dataset %s: %d training images, fewer than data.batch_size=%d x %d "
+                        "ranks: batches of %d", self.cfg.name, len(pairs), self.batch_size,
+                        world, batch_size)
+        if _streamed(samples):  # WebDataset shards
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
             stream = ShardPairs(samples, pairs, batch_size=batch_size,
                                 num_workers=self.num_workers, seed=self.seed, start_epoch=epoch)
@@ -281,8 +287,9 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _gallery(self, name: str, samples: list[Sample]) -> DataLoader:
         gallery = Gallery(samples, self.eval_transform, self.tokenizer, name)
-        if samples and samples[0].member is not None:  # WebDataset shards, streamed
-            return DataLoader(ShardGallery(samples, gallery), batch_size=self.eval_batch_size,
+        if _streamed(samples):  # WebDataset shards
+            return DataLoader(ShardGallery(samples, gallery, self.eval_batch_size),
+                              batch_size=self.eval_batch_size,
                               num_workers=self.num_workers, collate_fn=collate_gallery,
                               worker_init_fn=self._worker_init())
         return DataLoader(gallery, batch_size=self.eval_batch_size, shuffle=False,
@@ -315,6 +322,15 @@ class RetrievalDataModule(L.LightningDataModule):
             return None
         world = self.trainer.world_size if self.trainer is not None else 1
         return self._resume["epoch"], self._resume["batches_done"] * self.batch_size * world
+
+
+def _streamed(samples: list[Sample]) -> bool:
+    """Whether the samples are in WebDataset shards (all of them) or files (none)."""
+    kinds = {s.member is not None for s in samples}
+    if len(kinds) > 1:
+        raise ValueError("WebDataset domains and image-file domains cannot train or be "
+                         "evaluated together in one loader; use one kind per run")
+    return kinds == {True}
 
 
 def caption_file(cfg: DatasetConfig, name: str, dom: DomainConfig, split: str) -> Path:

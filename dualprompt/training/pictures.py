@@ -30,20 +30,26 @@ class Curves(L.Callback):
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
         self._losses: list[float] = []
+        self._val: dict[str, float] = {}  # this epoch's validation, if it ran
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._losses.append(float(loss))
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # after the module's own epoch-end hook, which computes val_results
+        if trainer.sanity_checking:
+            return
+        avg = getattr(pl_module, "val_results", {}).get("AVG", {})
+        self._val = {f"val_{k}": avg[k] for k in ("i2t_R@1", "t2i_R@1", "rsum") if k in avg}
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        row = {"epoch": trainer.current_epoch}
+        row = {"epoch": trainer.current_epoch, **self._val}
         if self._losses:
             row["train_loss"] = sum(self._losses) / len(self._losses)
-        avg = getattr(pl_module, "val_results", {}).get("AVG", {})
-        row.update({f"val_{k}": avg[k] for k in ("i2t_R@1", "t2i_R@1", "rsum") if k in avg})
         self.history.append(row)
-        self._losses = []
+        self._losses, self._val = [], {}
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "") -> None:
@@ -125,9 +131,9 @@ def _draw(path: Path, samples, captions, owner, image_queries, text_queries,
     names = list(top)
     rows = len(image_queries) + len(text_queries)
     cols = 1 + TOP * len(names)
-    height = 1.9 * rows + 0.8
+    height = 1.9 * rows + 1.4
     fig = plt.figure(figsize=(2.0 * cols, height))
-    grid = fig.add_gridspec(rows, cols, hspace=0.55, wspace=0.08, top=1 - 0.9 / height,
+    grid = fig.add_gridspec(rows, cols, hspace=0.55, wspace=0.08, top=1 - 1.4 / height,
                             bottom=0.2 / height)
 
     def axis(r: int, c0: int, c1: int) -> Any:
