@@ -143,7 +143,8 @@ def main() -> None:
             if ("base_to_novel", method, seed) not in done:
                 runs.append(base_to_novel(method, seed, args.out))
                 write_json(path, {"runs": runs})
-    meta = {"seeds": args.seeds, "methods": args.methods, "argv": " ".join(sys.argv[1:]),
+    meta = {"seeds": args.seeds, "methods": args.methods,
+            "argv": " ".join(a for a in sys.argv[1:] if a != "--report-only"),
             "git_revision": git_revision(), "versions": versions()}
     write_json(path, {"runs": runs, "meta": meta})
     (args.out / "protocols.md").write_text(markdown(runs, meta))
