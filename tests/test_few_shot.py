@@ -86,3 +86,12 @@ def test_base_to_novel_reports_the_harmonic_mean(release, catalogue):  # noqa: F
     assert hm["base"] == results["test"]["custom/base"]["i2t_R@1"]
     b, n = hm["base"], hm["novel"]
     assert hm["hm"] == pytest.approx(2 * b * n / (b + n) if b + n else 0.0)
+
+
+@pytest.mark.slow  # a training run
+def test_shots_through_the_cli(release, catalogue):  # noqa: F811
+    _, run_dir = _run(release, catalogue, "jsonl", "dataset.class_key=label", "dataset.shots=2",
+                      "seed=1")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["data"]["images"]["custom"]["train"] == 2 * 4  # 2 a class, 4 classes
+    assert results["config"]["dataset"]["shots"] == 2

@@ -81,7 +81,7 @@ def test_two_ranks_see_every_training_sample_once_per_epoch(catalogue, workers):
              for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(out.get(timeout=120) for _ in procs)
+    results = dict(out.get(timeout=600) for _ in procs)  # spawn + imports on a busy machine
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
