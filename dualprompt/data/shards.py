@@ -227,7 +227,7 @@ class ShardPairs(_ShardStream):
 
 class ShardGallery(_ShardStream):
     """`Gallery` items streamed from shards: every rank reads them all (see the module doc);
-    workers take the samples in turn."""
+    workers take whole batches in turn."""
 
     def __init__(self, samples: Sequence[Sample], gallery: Gallery, batch_size: int) -> None:
         super().__init__(samples)
