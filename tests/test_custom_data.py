@@ -1,4 +1,4 @@
-"""`dataset=custom`: your own catalogue as CSV/TSV or JSONL, through the real CLI; the same data
+"""`dataset=custom`: your own catalogue as CSV/TSV, JSONL or WebDataset shards, through the real CLI; the same data
 in either format gives identical zero-shot test numbers; bad rows name the file and line."""
 from __future__ import annotations
 
@@ -53,14 +53,16 @@ def _run(release, catalogue, fmt: str, *extra: str, check: bool = True):  # noqa
 
 
 @pytest.mark.slow  # two training runs
-def test_csv_and_jsonl_train_and_give_identical_zero_shot_numbers(release, catalogue):  # noqa: F811
+def test_csv_jsonl_and_shards_train_and_give_identical_zero_shot_numbers(release,  # noqa: F811
+                                                                         catalogue):  # noqa: F811
     results = {}
-    for fmt in ("csv", "jsonl"):
+    for fmt in ("csv", "jsonl", "wds"):  # wds: WebDataset shards of the same data
         _, run_dir = _run(release, catalogue, fmt, "dataset.class_key=label")
         results[fmt] = json.loads((run_dir / "results.json").read_text())
         assert results[fmt]["data"]["images"]["custom"]["test"] == 2 * len(CLASSES)
         assert "custom/negatives" in results[fmt]["data"]["reports"]  # classes: negatives on
-    assert results["csv"]["zero_shot"] == results["jsonl"]["zero_shot"]
+    assert results["csv"]["zero_shot"] == results["jsonl"]["zero_shot"] == results["wds"][
+        "zero_shot"]
 
 
 def test_without_a_class_column_the_category_loss_is_said_off(release, catalogue):  # noqa: F811

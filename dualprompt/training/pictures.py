@@ -29,13 +29,13 @@ class Curves(L.Callback):
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
-        self._losses: list[float] = []
+        self._loss_sum, self._steps = 0.0, 0  # a tensor sum: no device sync per step
         self._val: dict[str, float] = {}  # this epoch's validation, if it ran
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
-            self._losses.append(float(loss))
+            self._loss_sum, self._steps = self._loss_sum + loss.detach(), self._steps + 1
 
     def on_validation_end(self, trainer, pl_module) -> None:
         # after the module's own epoch-end hook, which computes val_results
@@ -46,10 +46,10 @@ class Curves(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         row = {"epoch": trainer.current_epoch, **self._val}
-        if self._losses:
-            row["train_loss"] = sum(self._losses) / len(self._losses)
+        if self._steps:
+            row["train_loss"] = float(self._loss_sum) / self._steps
         self.history.append(row)
-        self._losses, self._val = [], {}
+        self._loss_sum, self._steps, self._val = 0.0, 0, {}
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "") -> None:
