@@ -68,6 +68,44 @@ def gathered_contrastive_loss(image_features: Tensor, text_features: Tensor,
 
 
 @_autocast_off
+def sigmoid_loss(image_features: Tensor, text_features: Tensor,
+                 logit_scale: Union[Tensor, float], logit_bias: Union[Tensor, float],
+                 text_to_image: Optional[Tensor] = None) -> Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), with any number of captions per
+    image: every (image, caption) pair is a binary problem, positive when the caption describes
+    the image. -sum log sigmoid(+-(scale * cos + bias)) / N, as open_clip's `SigLipLoss`.
+
+    image_features: (N, D); text_features: (M, D); text_to_image as in `contrastive_loss`.
+    logit_scale: the multiplier (already exponentiated); logit_bias: the model's bias.
+    """
+    n, m = image_features.shape[0], text_features.shape[0]
+    if text_to_image is None:
+        if n != m:
+            raise ValueError(f"{n} images and {m} captions: pass text_to_image")
+        text_to_image = torch.arange(n, device=image_features.device)
+    logits = logit_scale * image_features.float() @ text_features.float().t() + logit_bias
+    positive = text_to_image[None, :] == torch.arange(n, device=logits.device)[:, None]
+    signs = positive.float() * 2 - 1  # (N, M): +1 positive, -1 negative
+    return -F.logsigmoid(signs * logits).sum() / n
+
+
+@_autocast_off
+def gathered_sigmoid_loss(image_features: Tensor, all_text_features: Tensor,
+                          logit_scale: Union[Tensor, float], logit_bias: Union[Tensor, float],
+                          offset: int) -> Tensor:
+    """This rank's share of the sigmoid loss over a batch gathered from all ranks: its images
+    against every rank's captions (gathered with gradients), caption offset + i describing
+    image i. As with `gathered_contrastive_loss`, the DDP-averaged gradient is the gradient
+    of the loss over the global batch; with one rank it equals `sigmoid_loss`."""
+    b = image_features.shape[0]
+    logits = (logit_scale * image_features.float() @ all_text_features.float().t()
+              + logit_bias)  # (B, W*B)
+    signs = -torch.ones_like(logits)
+    signs[torch.arange(b, device=logits.device), torch.arange(b, device=logits.device) + offset] = 1
+    return -F.logsigmoid(signs * logits).sum() / b
+
+
+@_autocast_off
 def category_loss(image_features: Tensor, positive_features: Tensor, negative_features: Tensor,
                   logit_scale: Union[Tensor, float],
                   negative_weights: Optional[Tensor] = None,
@@ -88,6 +126,26 @@ def category_loss(image_features: Tensor, positive_features: Tensor, negative_fe
         sk = sk.masked_fill(~negative_mask, float("-inf"))
     logits = torch.cat([s0[:, None], sk], dim=1)  # (B, 1+K)
     return (torch.logsumexp(logits, dim=1) - s0).mean()
+
+
+@_autocast_off
+def sigmoid_category_loss(image_features: Tensor, positive_features: Tensor,
+                          negative_features: Tensor, logit_scale: Union[Tensor, float],
+                          logit_bias: Union[Tensor, float],
+                          negative_weights: Optional[Tensor] = None,
+                          negative_mask: Optional[Tensor] = None) -> Tensor:
+    """The category-aware negatives in SigLIP's terms, for sigmoid-loss models:
+    -log sigmoid(s0 + b) - sum_k w_k log sigmoid(-(s_k + b)), batch mean, with s = scale * cos.
+    Arguments as in `category_loss`, plus the model's logit bias."""
+    img = image_features.float()
+    s0 = logit_scale * (img * positive_features.float()).sum(-1) + logit_bias  # (B,)
+    sk = logit_scale * torch.einsum("bd,bkd->bk", img, negative_features.float()) + logit_bias
+    terms = -F.logsigmoid(-sk)  # (B, K)
+    if negative_weights is not None:
+        terms = terms * negative_weights.float()
+    if negative_mask is not None:
+        terms = terms.masked_fill(~negative_mask, 0.0)
+    return (-F.logsigmoid(s0) + terms.sum(1)).mean()
 
 
 def category_weights(negative_categories: Tensor, image_categories: Tensor,

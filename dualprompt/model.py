@@ -46,13 +46,15 @@ class DualPromptCLIP(nn.Module):
                  tokenizer: Optional[Tokenizer] = None, trim_context: bool = True,
                  length_buckets: int = 4, train_backbone: bool = False) -> None:
         super().__init__()
-        towers.check_supported(clip)
-        config = (config if config is not None else PromptConfig()).for_model(
-            towers.text_layers(clip), towers.vision_layers(clip))
-        config.check_model(towers.text_layers(clip), towers.vision_layers(clip),
-                           clip.context_length)
+        tower = towers.text_tower(clip)  # NotImplementedError for towers it cannot prompt
+        config = config if config is not None else PromptConfig()
+        if (config.visual_length or config.lora_rank) and not towers.takes_visual_prompts(clip):
+            towers.vision_width(clip)  # raises, naming the image tower
+        vision_layers = towers.vision_layers(clip) or 1
+        config = config.for_model(tower.layers, vision_layers)
+        config.check_model(tower.layers, vision_layers, clip.context_length)
         self.config = config
-        self.trim_context = trim_context and clip.attn_mask is not None
+        self.trim_context = trim_context and tower.trims_exactly
         if length_buckets < 1:
             raise ValueError(f"length_buckets must be >= 1, got {length_buckets}")
         self.length_buckets = length_buckets if self.trim_context else 1
@@ -60,13 +62,13 @@ class DualPromptCLIP(nn.Module):
         clip.requires_grad_(train_backbone)
         clip.eval()  # dropout and patch dropout stay off, also when the backbone trains
 
-        width = towers.text_width(clip)
+        width = tower.width
         self.attribute = None
         if config.attribute_length:
             init = None
             if config.attribute_init is not None:
-                init = _word_embeddings(clip, config.attribute_init, config.attribute_length,
-                                        tokenizer or open_clip.tokenize)
+                init = _word_embeddings(tower.token_embedding, config.attribute_init,
+                                        config.attribute_length, tokenizer or open_clip.tokenize)
             self.attribute = AttributePrompts(config.attribute_length, config.text_depth, width,
                                               config.init_std, init,
                                               classes=len(config.class_names))
@@ -94,7 +96,7 @@ class DualPromptCLIP(nn.Module):
                              if config.text_adapter_ratio else None)
         self.text_lora = self.image_lora = None
         if config.lora_rank:
-            self.text_lora = LowRankAttention(towers.text_layers(clip), width, config.lora_rank,
+            self.text_lora = LowRankAttention(tower.layers, width, config.lora_rank,
                                               config.lora_alpha, config.lora_targets)
             self.image_lora = LowRankAttention(
                 towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
@@ -140,10 +142,12 @@ class DualPromptCLIP(nn.Module):
 
     def _encode_text(self, text: Tensor, token_weights: Optional[Tensor],
                      query: Optional[Tensor]) -> Tensor:
-        clip, n_prompt = self.clip, self.config.text_length
-        eot = towers.eot_index(clip, text)
+        tower, n_prompt = towers.text_tower(self.clip), self.config.text_length
+        eot = towers.end_index(tower, text)
+        if query is None and self.subcategory is not None and tower.pool_type == "last":
+            query = self.subcategory_query(text, eot)  # on the whole window (`text_query`)
         tokens, eot, _ = fit_to_window(text, eot, n_prompt, trim=self.trim_context)
-        x = clip.token_embedding(tokens)  # (B, L', W)
+        x = tower.token_embedding(tokens)  # (B, L', W)
         if token_weights is not None:
             w = token_weights[:, :tokens.shape[1]].to(x.dtype)
             w = w.scatter(1, eot[:, None], 1.0)  # the (possibly moved) end token stays at 1
@@ -152,8 +156,8 @@ class DualPromptCLIP(nn.Module):
         if prompts is not None:
             x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)  # (B, L'+n, W)
         lora = self.text_lora() if self.text_lora is not None else None
-        hidden = towers.text_hidden(clip, x, deep, prompt_start=1, block_deltas=lora)
-        return towers.pool_text(clip, hidden, eot + n_prompt)  # (B, D)
+        hidden = towers.text_hidden(tower, x, deep, prompt_start=1, block_deltas=lora)
+        return towers.pool(tower, hidden, eot + n_prompt)  # (B, D)
 
     def _by_length(self, fn: Callable[..., Tensor], text: Tensor,
                    *rows: Optional[Tensor]) -> Tensor:
@@ -161,7 +165,8 @@ class DualPromptCLIP(nn.Module):
         (rows of `text` and of each non-None tensor in `rows` go together), rows back in order."""
         if self.length_buckets == 1 or text.shape[0] < 2:
             return fn(text, *rows)
-        groups = length_groups(towers.eot_index(self.clip, text), self.length_buckets)
+        groups = length_groups(towers.end_index(towers.text_tower(self.clip), text),
+                               self.length_buckets)
         out = torch.cat([fn(text[g], *(None if r is None else r[g] for r in rows))
                          for g in groups])
         return out[torch.argsort(torch.cat(groups))]
@@ -240,17 +245,23 @@ class DualPromptCLIP(nn.Module):
         (`reweighting.frozen_token_features`): a FEATURE query is read from them at the end
         token instead of running the frozen text tower again (unless a caption is cut to fit
         the prompts, which changes its tokens).
+        A tower pooled at the window's last position (SigLIP) is queried on the caption's
+        whole window, as open_clip encodes it: cutting the window would move its pooled token.
         """
         if self.subcategory is None:
             return None
-        eot = towers.eot_index(self.clip, text)
+        tower = towers.text_tower(self.clip)
+        eot = towers.end_index(tower, text)
+        whole = tower.pool_type == "last"
         if (token_features is not None
                 and self.config.subcategory_query == SubcategoryQuery.FEATURE
-                and bool((eot < text.shape[1] - self.config.text_length).all())):
+                and (whole or bool((eot < text.shape[1] - self.config.text_length).all()))):
             return token_features[torch.arange(text.shape[0], device=text.device), eot]
+        if whole:
+            return self.subcategory_query(text, eot)
 
         def query(text: Tensor) -> Tensor:
-            eot = towers.eot_index(self.clip, text)
+            eot = towers.end_index(tower, text)
             tokens, eot, _ = fit_to_window(text, eot, self.config.text_length,
                                            trim=self.trim_context)
             return self.subcategory_query(tokens, eot)
@@ -262,12 +273,11 @@ class DualPromptCLIP(nn.Module):
 
         tokens: (B, L'), eot: (B,). Returns (B, Dq).
         """
-        clip = self.clip
         if self.config.subcategory_query == SubcategoryQuery.FEATURE:
-            return towers.text_features(clip, tokens, eot=eot)
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        content = (positions[None, :] > 0) & (positions[None, :] < eot[:, None])  # (B, L')
-        emb = clip.token_embedding(tokens) * content.unsqueeze(-1)
+            return towers.text_features(self.clip, tokens, end=eot)
+        tower = towers.text_tower(self.clip)
+        content = towers.content_mask(tower, tokens, eot)  # (B, L')
+        emb = tower.token_embedding(tokens) * content.unsqueeze(-1)
         return emb.sum(1) / content.sum(1, keepdim=True).clamp(min=1)
 
     def prompt_state_dict(self) -> dict[str, Tensor]:
@@ -282,13 +292,18 @@ class DualPromptCLIP(nn.Module):
         return save_prompts(self, path)
 
 
+def _content_ids(tokenizer: Tokenizer, text: str) -> Tensor:
+    """The token ids of `text` as they read inside a caption: without the tokenizer's own
+    start / end / padding ids (those it writes for an empty text), whatever the tokenizer."""
+    special = set(tokenizer([""])[0].tolist())
+    ids = tokenizer([text])[0]
+    return ids[torch.tensor([int(i) not in special for i in ids], dtype=torch.bool)]
+
+
 def _class_name_tokens(class_names: list[str], tokenizer: Tokenizer) -> Tensor:
     """(C, n_max) token ids of each class name as it reads in a caption (underscores as
     spaces), without start/end tokens, zero-padded; (0, 1) for no classes."""
-    rows = []
-    for name in class_names:
-        ids = tokenizer([name.replace("_", " ")])[0]
-        rows.append(ids[1:int(ids.argmax())])
+    rows = [_content_ids(tokenizer, name.replace("_", " ")) for name in class_names]
     if not rows:
         return torch.zeros(0, 1, dtype=torch.long)
     out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
@@ -297,21 +312,22 @@ def _class_name_tokens(class_names: list[str], tokenizer: Tokenizer) -> Tensor:
     return out
 
 
-def _word_embeddings(clip: nn.Module, words: str, length: int, tokenizer: Tokenizer) -> Tensor:
+def _word_embeddings(embedding: nn.Embedding, words: str, length: int,
+                     tokenizer: Tokenizer) -> Tensor:
     """Token embeddings of `words` without start/end tokens: (n, W), n <= length.
 
     Words longer than `length` tokens are cut to their first `length` tokens (as MaPLe does
     with "a photo of a" for 2 vectors), so sweeping the length keeps working."""
-    ids = tokenizer([words])[0]
-    eot = int(ids.argmax())
-    ids = ids[1:eot]
+    ids = _content_ids(tokenizer, words)
     if len(ids) > length:
         log.info("attribute_init %r is %d tokens: its first %d initialise the %d vectors",
                  words, len(ids), length, length)
         ids = ids[:length]
-    if int(ids.max()) >= clip.token_embedding.num_embeddings:
+    if not len(ids):
+        raise ValueError(f"PromptConfig.attribute_init {words!r}: the tokenizer gives no tokens")
+    if int(ids.max()) >= embedding.num_embeddings:
         raise ValueError(f"PromptConfig.attribute_init {words!r}: the tokenizer's ids exceed the "
-                         f"model's vocabulary ({clip.token_embedding.num_embeddings}); pass the "
+                         f"model's vocabulary ({embedding.num_embeddings}); pass the "
                          "model's own tokenizer")
     with torch.no_grad():
-        return clip.token_embedding(ids.to(clip.token_embedding.weight.device)).float().cpu()
+        return embedding(ids.to(embedding.weight.device)).float().cpu()

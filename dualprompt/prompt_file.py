@@ -18,6 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from open_clip.model import CLIP
+from open_clip.transformer import VisionTransformer
+
 from . import towers
 from .config import PromptConfig
 
@@ -30,30 +33,45 @@ class PromptFileError(ValueError):
 
 
 def base_fingerprint(clip: nn.Module) -> dict[str, Any]:
-    """Architecture summary and a checksum of frozen weights of an open_clip `CLIP`.
+    """Architecture summary and a checksum of frozen weights of an open_clip model.
 
-    The checksum hashes, in float16 (so fp32 and fp16 copies of a model agree), the text and
-    image projections, positional embeddings, class embedding, final norms and the first
-    block of each tower.
+    The checksum hashes, in float16 (so fp32 and fp16 copies of a model agree), the text
+    tower's positional embedding, final norm, projection and first block, and the image
+    tower's first and last parameter tensors (for open_clip's ViT: its class and positional
+    embeddings, final norm, projection and first block, as in files written before other
+    towers were supported).
     """
-    towers.check_supported(clip)
+    tower = towers.text_tower(clip)
     visual = clip.visual
+    vit = towers.takes_visual_prompts(clip)
     arch = {
+        "model": type(clip).__name__,
+        "image_tower": type(getattr(visual, "trunk", visual)).__name__,
         "embed_dim": towers.embed_dim(clip),
-        "text_width": towers.text_width(clip),
-        "text_layers": towers.text_layers(clip),
+        "text_width": tower.width,
+        "text_layers": tower.layers,
         "context_length": int(clip.context_length),
-        "vocab_size": int(clip.vocab_size),
-        "vision_width": towers.vision_width(clip),
+        "vocab_size": int(tower.token_embedding.num_embeddings),
+        "vision_width": towers.vision_width(clip) if vit else None,
         "vision_layers": towers.vision_layers(clip),
-        "image_size": list(visual.image_size),
-        "patch_size": list(visual.patch_size),
+        "image_size": list(towers.image_size(clip)),
     }
-    tensors = [clip.positional_embedding, clip.ln_final.weight, visual.class_embedding,
-               visual.positional_embedding, visual.ln_post.weight]
-    tensors += [p for p in (clip.text_projection, visual.proj) if isinstance(p, Tensor)]
-    tensors += list(clip.transformer.resblocks[0].parameters())
-    tensors += list(visual.transformer.resblocks[0].parameters())
+    if isinstance(visual, VisionTransformer) and isinstance(clip, CLIP):
+        del arch["model"], arch["image_tower"]  # the keys of files from before other towers
+        arch["patch_size"] = list(visual.patch_size)
+        tensors = [clip.positional_embedding, clip.ln_final.weight, visual.class_embedding,
+                   visual.positional_embedding, visual.ln_post.weight]
+        tensors += [p for p in (clip.text_projection, visual.proj) if isinstance(p, Tensor)]
+        tensors += list(clip.transformer.resblocks[0].parameters())
+        tensors += list(visual.transformer.resblocks[0].parameters())
+    else:
+        projection = tower.projection
+        tensors = [tower.positional_embedding, tower.ln_final.weight]
+        tensors += (list(projection.parameters()) if isinstance(projection, nn.Module)
+                    else [projection] if projection is not None else [])
+        tensors += list(tower.transformer.resblocks[0].parameters())
+        image = list(visual.parameters())
+        tensors += image[:8] + image[-4:]
     digest = hashlib.sha256()
     for t in tensors:
         digest.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())

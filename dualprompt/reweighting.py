@@ -22,18 +22,19 @@ from .tokens import fit_to_window
 @torch.no_grad()
 def frozen_token_features(clip: nn.Module, tokens: Tensor) -> Tensor:
     """Frozen text features at every position: (B, L) ids -> (B, L', D), trimmed after the
-    longest caption when the text mask is causal. Position `eot` holds the caption's plain
+    longest caption where that is exact (`TextTower.trims_exactly`). Position `eot` holds the caption's plain
     CLIP text feature."""
-    eot = towers.eot_index(clip, tokens)
-    fitted, _, _ = fit_to_window(tokens, eot, 0, trim=clip.attn_mask is not None)
+    tower = towers.text_tower(clip)
+    eot = towers.end_index(tower, tokens)
+    fitted, _, _ = fit_to_window(tokens, eot, 0, trim=tower.trims_exactly)
     return towers.text_features(clip, fitted, per_position=True)
 
 
 @torch.no_grad()
 def blank_image_features(clip: nn.Module, dtype: Optional[torch.dtype] = None) -> Tensor:
     """(1, D) frozen features of the mean-colour image (zeros after normalisation)."""
-    weight = clip.visual.conv1.weight
-    blank = torch.zeros(1, 3, *clip.visual.image_size, device=weight.device,
+    weight = next(clip.visual.parameters())
+    blank = torch.zeros(1, 3, *towers.image_size(clip), device=weight.device,
                         dtype=dtype or weight.dtype)
     return clip.encode_image(blank)
 
@@ -65,15 +66,15 @@ def token_weights(clip: nn.Module, tokens: Tensor, images: Optional[Tensor] = No
         blank_features = blank_image_features(clip, image_features.dtype)
     if token_features is None:
         token_features = frozen_token_features(clip, tokens)
-    eot = towers.eot_index(clip, tokens)
+    tower = towers.text_tower(clip)
+    eot = towers.end_index(tower, tokens)
     seq_len = token_features.shape[1]
     per_token = F.normalize(token_features.float(), dim=-1)  # (B, L', D)
     s_image = torch.einsum("bld,bd->bl", per_token, F.normalize(image_features.float(), dim=-1))
     s_blank = per_token @ F.normalize(blank_features.float(), dim=-1)[0]  # (B, L')
     raw = (s_image - s_blank).abs()
 
-    positions = torch.arange(seq_len, device=device)
-    content = (positions[None, :] > 0) & (positions[None, :] < eot[:, None])  # (B, L')
+    content = towers.content_mask(tower, tokens[:, :seq_len], eot)  # (B, L')
     mean = (raw * content).sum(1, keepdim=True) / content.sum(1, keepdim=True).clamp(min=1)
     w = torch.where(content, raw / (mean + eps), torch.ones_like(raw))
     w = 1.0 + strength * (w - 1.0)

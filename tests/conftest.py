@@ -77,3 +77,53 @@ def batch(tokenizer):
                 "This is a photo of an Egyptian Mau.A spotted cat in the sun.",
                 "a red striped triangle", "two dogs"]
     return torch.randn(len(captions), 3, 32, 32), tokenizer(captions)
+
+
+# Tiny models of the other open_clip layouts, built from open_clip configs as users' are:
+# SigLIP-shaped (CustomTextCLIP: bidirectional text pooled at the last position, a logit bias,
+# timm's test ViT with an attention-pool head) and EVA-shaped (timm Eva with rotary embeddings,
+# registered with timm below as a user would register their own timm model).
+SIGLIP_TINY = "dualprompt-test-siglip"
+EVA_TINY = "dualprompt-test-eva"
+TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+SIGLIP_TINY_CFG = {
+    "embed_dim": 32, "init_logit_bias": -10, "custom_text": True,
+    "vision_cfg": {"image_size": 160, "timm_model_name": "test_vit3",
+                   "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "linear"},
+    "text_cfg": {**TINY_TEXT, "no_causal_mask": True, "pool_type": "last", "proj_bias": True},
+}
+EVA_TINY_CFG = {
+    "embed_dim": 32, "custom_text": True,
+    "vision_cfg": {"image_size": 32, "timm_model_name": "dualprompt_test_eva",
+                   "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": None},
+    "text_cfg": TINY_TEXT,
+}
+
+
+def _register_tiny_eva() -> None:
+    import timm
+    from timm.models import register_model
+    from timm.models.eva import Eva
+
+    if "dualprompt_test_eva" in timm.list_models("dualprompt_*"):
+        return
+
+    @register_model
+    def dualprompt_test_eva(pretrained: bool = False, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k in ("num_classes", "global_pool")}
+        return Eva(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+                   use_rot_pos_emb=True, ref_feat_shape=(4, 4), attn_type="rope",
+                   use_pre_transformer_norm=True, attn_pool_num_heads=2, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def other_layout_configs(tmp_path_factory) -> dict[str, Path]:
+    """{name: config file} of the tiny SigLIP- and EVA-shaped models, registered."""
+    _register_tiny_eva()
+    folder = tmp_path_factory.mktemp("other_layouts")
+    paths = {}
+    for name, cfg in ((SIGLIP_TINY, SIGLIP_TINY_CFG), (EVA_TINY, EVA_TINY_CFG)):
+        paths[name] = folder / f"{name}.json"
+        paths[name].write_text(json.dumps(cfg))
+        open_clip.add_model_config(paths[name])
+    return paths

@@ -60,7 +60,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
                                       test_domains=data.test_domains())
     module, logger, artifact = zero_shot, None, None
     if method.trains_anything:
-        model = method.build_model(clip, cfg.prompt, cfg.model, _class_names(cfg, data))
+        model = method.build_model(clip, cfg.prompt, cfg.model, _class_names(cfg, data),
+                                   visual_optional=cfg.method.visual_optional)
         module = PromptRetrievalModule(model, loss=cfg.loss, optim=cfg.optim,
                                        val_domains=data.val_domains(),
                                        test_domains=data.test_domains())

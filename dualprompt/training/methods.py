@@ -10,16 +10,20 @@ The recipe in `dualprompt.cli.train` asks the method, never branches on it:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Callable
 
 from safetensors.torch import load_file
 from torch import nn
 
+from .. import towers
 from ..config import PromptConfig
 from ..loading import WEIGHTS_FILE, LoadedClip, open_clip_config, save_clip_folder
 from ..model import DualPromptCLIP
 from .schema import ModelConfig, Trains
+
+log = logging.getLogger(__name__)
 
 
 class ZeroShot:
@@ -35,7 +39,14 @@ class PromptTuning:
     train_backbone = False
 
     def build_model(self, clip: LoadedClip, prompt: PromptConfig, model: ModelConfig,
-                    class_names: list[str]) -> DualPromptCLIP:
+                    class_names: list[str], visual_optional: bool = False) -> DualPromptCLIP:
+        if visual_optional and prompt.visual_length and not towers.takes_visual_prompts(
+                clip.model):
+            log.warning("%s: the image tower %s takes no visual prompts; training the text "
+                        "prompts only (method.visual_optional=true)", clip.name,
+                        type(clip.model.visual).__name__)
+            prompt = dataclasses.replace(prompt, visual_length=0, visual_depth=1,
+                                         visual_depth_fraction=None, coupled=False)
         if class_names:
             prompt = dataclasses.replace(prompt, class_names=class_names)
         return DualPromptCLIP(clip.model, prompt, tokenizer=clip.tokenizer,

@@ -12,13 +12,14 @@ from torch import Tensor, nn
 from .. import towers
 from ..data.datasets import GalleryBatch, TrainBatch
 from ..losses import (category_loss, category_weights, contrastive_loss, feature_consistency,
-                      gathered_contrastive_loss, logit_consistency)
+                      gathered_contrastive_loss, gathered_sigmoid_loss, logit_consistency,
+                      sigmoid_category_loss, sigmoid_loss)
 from ..metrics import summarize_domains
 from ..reweighting import blank_image_features, frozen_token_features, token_weights
 from ..schedule import warmup_cosine
 from ..tokens import fit_to_window
 from .retrieval_metric import RetrievalRecall
-from .schema import LossConfig, OptimConfig
+from .schema import LossConfig, LossKind, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,18 @@ class PromptRetrievalModule(L.LightningModule):
         self.strict_loading = False  # checkpoints carry the learned tensors only
         self.test_results: dict[str, dict[str, float]] = {}
         self.val_results: dict[str, dict[str, float]] = {}
+        self.sigmoid = self._sigmoid_loss(model)
 
     # -- training ------------------------------------------------------------------------
+    def _sigmoid_loss(self, model: nn.Module) -> bool:
+        """Whether the losses take SigLIP's sigmoid form (`LossConfig.kind`)."""
+        kind, bias = LossKind(self.loss_cfg.kind), getattr(model, "logit_bias", None)
+        if kind == LossKind.sigmoid and bias is None:
+            raise ValueError(f"loss.kind=sigmoid needs a model with a logit bias (SigLIP); "
+                             f"{type(getattr(model, 'clip', model)).__name__} has none: use "
+                             "loss.kind=infonce or auto")
+        return kind == LossKind.sigmoid or (kind == LossKind.auto and bias is not None)
+
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
         model, cfg = self.model, self.loss_cfg
         images, tokens = batch.image, batch.tokens
@@ -183,14 +194,20 @@ class PromptRetrievalModule(L.LightningModule):
 
     def _contrastive(self, image_features: Tensor, text_features: Tensor,
                      scale: Tensor) -> Tensor:
-        """In-batch InfoNCE; under DDP over the global batch (features gathered with grads).
-        Category-aware negatives stay local: they only compare an image with its own."""
+        """In-batch InfoNCE or sigmoid loss; under DDP over the global batch (features
+        gathered with grads). Category-aware negatives stay local: they only compare an image
+        with its own."""
         world = self.trainer.world_size if self._trainer is not None else 1
+        bias = self.model.logit_bias if self.sigmoid else None
         if world == 1:
+            if self.sigmoid:
+                return sigmoid_loss(image_features, text_features, scale, bias)
             return contrastive_loss(image_features, text_features, scale)
-        all_images = self.all_gather(image_features, sync_grads=True).flatten(0, 1)
         all_texts = self.all_gather(text_features, sync_grads=True).flatten(0, 1)
         offset = self.trainer.global_rank * image_features.shape[0]
+        if self.sigmoid:
+            return gathered_sigmoid_loss(image_features, all_texts, scale, bias, offset)
+        all_images = self.all_gather(image_features, sync_grads=True).flatten(0, 1)
         return gathered_contrastive_loss(image_features, text_features, all_images, all_texts,
                                          scale, offset)
 
@@ -214,6 +231,9 @@ class PromptRetrievalModule(L.LightningModule):
         weights = category_weights(batch.negative_categories, batch.category,
                                    self.loss_cfg.alpha)
         weights = weights.masked_fill(batch.negative_categories < 0, 1.0)
+        if self.sigmoid:
+            return sigmoid_category_loss(image_features, text_features, negatives, scale,
+                                         self.model.logit_bias, weights, mask)
         return category_loss(image_features, text_features, negatives, scale, weights, mask)
 
     def _negative_query(self, batch: TrainBatch, tokens: Tensor) -> Tensor:
@@ -258,6 +278,9 @@ class PromptRetrievalModule(L.LightningModule):
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
         log.info("training %d prompt parameters; %d frozen CLIP parameters", n, frozen)
+        if self.sigmoid and self.loss_cfg.kind == LossKind.auto:
+            log.info("loss.kind=auto: the model has a logit bias, so it trains with SigLIP's "
+                     "sigmoid loss (loss.kind=infonce to override)")
 
     # -- evaluation ----------------------------------------------------------------------
     def _embed(self, batch: GalleryBatch, metric: RetrievalRecall) -> None:
@@ -315,6 +338,7 @@ class PromptRetrievalModule(L.LightningModule):
 def _plain_text_features(clip: nn.Module, tokens: Tensor) -> Tensor:
     """The frozen CLIP's (B, D) caption features, on the batch's shortest window (exact under
     the causal text mask; the full 77-token context would be several times the work)."""
-    eot = towers.eot_index(clip, tokens)
-    fitted, eot, _ = fit_to_window(tokens, eot, 0, trim=clip.attn_mask is not None)
-    return towers.text_features(clip, fitted, eot=eot)
+    tower = towers.text_tower(clip)
+    eot = towers.end_index(tower, tokens)
+    fitted, eot, _ = fit_to_window(tokens, eot, 0, trim=tower.trims_exactly)
+    return towers.text_features(clip, fitted, end=eot)

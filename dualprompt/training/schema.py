@@ -24,6 +24,14 @@ class Trains(StrEnum):
     none = "none"  # nothing: zero-shot
 
 
+class LossKind(StrEnum):
+    """The in-batch contrastive loss (and the form of the category-aware negatives)."""
+
+    auto = "auto"  # sigmoid for a model with a logit bias (SigLIP), else infonce
+    infonce = "infonce"  # CLIP's symmetric softmax cross-entropy
+    sigmoid = "sigmoid"  # SigLIP's pairwise sigmoid loss, with the model's logit bias
+
+
 class CategoryLevel(StrEnum):
     """What "category" means for the category-aware negatives."""
 
@@ -266,7 +274,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    contrastive: bool = True  # symmetric InfoNCE over the batch (L_con)
+    kind: LossKind = LossKind.auto  # infonce | sigmoid | auto (from the model, see LossKind)
+    contrastive: bool = True  # the in-batch contrastive loss (L_con)
     category_negatives: bool = True  # category-aware hard negatives (L_cate)
     category_weight: float = 1.0  # lambda of L_cate
     alpha: float = 0.5  # negatives of the image's category weigh 1 + alpha
@@ -289,6 +298,9 @@ class MethodConfig:
     name: str = "dualprompt"  # the row label in results.json and the quality tables
     trains: Trains = Trains.prompts
     class_specific: bool = False  # CoOp's CSC: attribute vectors per class of the train split
+    # an image tower without transformer blocks (ResNet, ConvNeXt) trains the text prompts
+    # alone, with one log line, instead of stopping (ours: true; VPT, MaPLe: false)
+    visual_optional: bool = False
     # PromptSRC's Gaussian prompt aggregation: export the Gaussian-weighted average of the
     # epochs (mean and std as fractions of trainer.max_epochs) instead of the best epoch
     gpa_mean: Optional[float] = None  # null: off (the best epoch by `monitor`)

@@ -1,0 +1,71 @@
+"""One transformer block, run with CLIP-LoRA's low-rank deltas added to its attention
+projections for that call only (the module's own weights are never written).
+
+The deltas are a {target: (W, W)} dict per layer, targets among q, k, v, o
+(`prompts.LowRankAttention`). Where each target lives depends on the block family:
+- open_clip `ResidualAttentionBlock`: `nn.MultiheadAttention`, q, k, v stacked in
+  ``attn.in_proj_weight`` (3W, W), o in ``attn.out_proj.weight``;
+- timm ViT / EVA blocks: q, k, v stacked in ``attn.qkv.weight``, or EVA's separate
+  ``attn.q_proj`` / ``k_proj`` / ``v_proj``; o in ``attn.proj.weight``.
+peft's LoRA would wrap (and so replace) these modules in the served CLIP; a per-call
+`functional_call` keeps the CLIP untouched, which is what a prompt file needs.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+# A per-layer {target: delta (W, W)} of CLIP-LoRA, None for the frozen weights.
+BlockDeltas = Optional[Sequence[dict[str, Tensor]]]
+
+
+def run_block(block: nn.Module, x: Tensor, deltas: Optional[dict[str, Tensor]] = None,
+              **kwargs) -> Tensor:
+    """block(x, **kwargs), with `deltas` added to its attention projections."""
+    if not deltas:
+        return block(x, **kwargs)
+    return functional_call(block, lora_weights(block, deltas), (x,), kwargs, strict=False)
+
+
+def lora_weights(block: nn.Module, deltas: dict[str, Tensor]) -> dict[str, Tensor]:
+    """{parameter name in `block`: frozen weight + delta} for the targets in `deltas`."""
+    attn = getattr(block, "attn", None)
+    if isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim:
+        packed, out = "attn.in_proj_weight", "attn.out_proj.weight"
+    elif isinstance(getattr(attn, "qkv", None), nn.Linear):
+        packed, out = "attn.qkv.weight", "attn.proj.weight"
+    elif all(isinstance(getattr(attn, f"{t}_proj", None), nn.Linear) for t in "qkv"):
+        packed, out = None, "attn.proj.weight"
+    else:
+        raise NotImplementedError(
+            f"LoRA needs attention with packed q/k/v (nn.MultiheadAttention, timm qkv) or "
+            f"separate q_proj/k_proj/v_proj; got {type(attn).__name__} in "
+            f"{type(block).__name__}")
+    params = dict(block.named_parameters())
+    weights: dict[str, Tensor] = {}
+    qkv = [deltas.get(t) for t in ("q", "k", "v")]
+    if any(d is not None for d in qkv):
+        if packed is not None:
+            w = params[packed]  # (3W, W): q, k, v stacked
+            zero = w.new_zeros(w.shape[0] // 3, w.shape[1])
+            weights[packed] = w + torch.cat(
+                [zero if d is None else _fit(d, zero) for d in qkv])
+        else:
+            for t, d in zip("qkv", qkv):
+                if d is not None:
+                    w = params[f"attn.{t}_proj.weight"]
+                    weights[f"attn.{t}_proj.weight"] = w + _fit(d, w)
+    if deltas.get("o") is not None:
+        w = params[out]
+        weights[out] = w + _fit(deltas["o"], w)
+    return weights
+
+
+def _fit(delta: Tensor, weight: Tensor) -> Tensor:
+    if delta.shape != weight.shape:
+        raise ValueError(f"LoRA delta of shape {tuple(delta.shape)} does not fit an attention "
+                         f"weight of shape {tuple(weight.shape)}")
+    return delta.to(weight.dtype)
