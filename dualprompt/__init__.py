@@ -6,7 +6,8 @@ docs/architecture.md draws the layers.
 """
 from .config import PromptConfig, SubcategoryQuery
 from .losses import (category_loss, category_weights, contrastive_loss, feature_consistency,
-                     gathered_contrastive_loss, logit_consistency)
+                     gathered_contrastive_loss, gathered_sigmoid_loss, logit_consistency,
+                     sigmoid_category_loss, sigmoid_loss)
 from .model import DualPromptCLIP
 from .prompt_file import PromptFileError, base_fingerprint
 from .serve import load_prompts
@@ -25,7 +26,10 @@ __all__ = [
     "contrastive_loss",
     "feature_consistency",
     "gathered_contrastive_loss",
+    "gathered_sigmoid_loss",
     "load_prompts",
     "logit_consistency",
+    "sigmoid_category_loss",
+    "sigmoid_loss",
     "token_weights",
 ]

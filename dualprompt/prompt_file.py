@@ -18,9 +18,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from open_clip.model import CLIP
-from open_clip.transformer import VisionTransformer
-
 from . import towers
 from .config import PromptConfig
 
@@ -56,7 +53,7 @@ def base_fingerprint(clip: nn.Module) -> dict[str, Any]:
         "vision_layers": towers.vision_layers(clip),
         "image_size": list(towers.image_size(clip)),
     }
-    if isinstance(visual, VisionTransformer) and isinstance(clip, CLIP):
+    if towers.is_clip_vit(clip):
         del arch["model"], arch["image_tower"]  # the keys of files from before other towers
         arch["patch_size"] = list(visual.patch_size)
         tensors = [clip.positional_embedding, clip.ln_final.weight, visual.class_embedding,

@@ -4,7 +4,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dualprompt import category_loss, category_weights, contrastive_loss
+from dualprompt import (category_loss, category_weights, contrastive_loss, gathered_sigmoid_loss,
+                        sigmoid_category_loss, sigmoid_loss)
 
 
 def _unit(*shape):
@@ -64,3 +65,47 @@ def test_gradients_flow_through_half_precision_features():
     assert loss.dtype == torch.float32
     loss.backward()
     assert img.grad is not None and torch.isfinite(img.grad).all()
+
+
+def test_sigmoid_loss_is_open_clips_siglip_loss():
+    from open_clip.loss import SigLipLoss
+    img, txt = _unit(6, 8).float(), _unit(6, 8).float()
+    scale, bias = torch.tensor(10.0), torch.tensor(-5.0)
+    expected = SigLipLoss(rank=0, world_size=1)(img, txt, scale, bias)
+    torch.testing.assert_close(sigmoid_loss(img, txt, scale, bias), expected)
+
+
+def test_sigmoid_loss_several_captions_per_image():
+    img, txt = _unit(3, 8), _unit(5, 8)
+    owner = torch.tensor([0, 0, 1, 2, 2])
+    total = 0.0
+    for i in range(3):
+        for j in range(5):
+            z = 4.0 * float(img[i] @ txt[j]) - 2.0
+            total += -math.log(1 / (1 + math.exp(-z if owner[j] == i else z)))
+    got = sigmoid_loss(img, txt, 4.0, -2.0, owner)
+    assert abs(got.item() - total / 3) < 1e-5
+
+
+def test_gathered_sigmoid_loss_averages_to_the_global_batch_loss():
+    """Two ranks of 3: the mean of the ranks' losses is the loss over the batch of 6."""
+    img, txt = _unit(6, 8), _unit(6, 8)
+    ranks = [gathered_sigmoid_loss(img[r * 3:(r + 1) * 3], txt, 10.0, -5.0, offset=r * 3)
+             for r in range(2)]
+    torch.testing.assert_close(sum(ranks) / 2, sigmoid_loss(img, txt, 10.0, -5.0))
+
+
+def test_sigmoid_category_loss_formula_with_weights_and_mask():
+    img, pos, neg = _unit(2, 8), _unit(2, 8), _unit(2, 3, 8)
+    w = torch.tensor([[1.5, 1.0, 1.0], [1.0, 1.5, 2.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+
+    def log_sigmoid(z):
+        return -math.log(1 + math.exp(-z))
+    total = 0.0
+    for b in range(2):
+        total -= log_sigmoid(4.0 * float(img[b] @ pos[b]) - 1.0)
+        total -= sum(w[b, k] * log_sigmoid(-(4.0 * float(img[b] @ neg[b, k]) - 1.0))
+                     for k in range(3) if mask[b, k])
+    got = sigmoid_category_loss(img, pos, neg, 4.0, -1.0, w, mask)
+    assert abs(got.item() - float(total) / 2) < 1e-5

@@ -121,7 +121,7 @@ def test_visual_prompt_tokens_have_no_position(other_layout_configs, name):
 
 def _moved(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative distance (random-init towers differ widely in output scale)."""
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 @pytest.mark.parametrize("name", LAYOUTS)

@@ -125,3 +125,34 @@ def test_a_missing_file_is_one_clean_line_unless_hydra_full_error(toy, full_erro
             "tried /nonexistent/root/train/toy_a/train.json, /nonexistent/root/toy_a/train.json"
             ) in out
     assert ("Traceback (most recent call last)" in out) == full_error, out[-3000:]
+
+
+@pytest.mark.slow  # a training run on a timm image tower at 160 px
+def test_siglip_shaped_model_trains_with_the_sigmoid_loss(toy, other_layout_configs):
+    """A SigLIP-shaped model (CustomTextCLIP, bidirectional text pooled last, logit bias, timm
+    ViT with an attention-pool head) trains through the CLI: loss.kind=auto picks the sigmoid
+    loss, the negatives and re-weighting run, and the prompt file loads onto its weights."""
+    from safetensors.torch import save_file
+    import open_clip
+
+    from tests.conftest import SIGLIP_TINY
+
+    torch.manual_seed(11)
+    clip = open_clip.create_model(SIGLIP_TINY, pretrained=None).eval()
+    weights = toy["tmp"] / "siglip.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
+    run_dir = toy["tmp"] / "siglip_run"
+    proc = run_cli("dualprompt.train", toy, run_dir, "trainer.max_epochs=1",
+                   f"model.name={SIGLIP_TINY}",
+                   f"model.config_file={other_layout_configs[SIGLIP_TINY]}",
+                   pretrained=str(weights))
+    log = proc.stdout + proc.stderr
+    assert "trains with SigLIP's sigmoid loss" in log
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["config"]["loss"]["kind"] == "auto" and results["epochs_trained"] == 1
+    assert 0 <= results["test"]["AVG"]["i2t_R@1"] <= 100
+    metrics = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "train/loss_con" in metrics and "train/loss_cate" in metrics
+    model = load_prompts(run_dir / "prompts.safetensors", clip)
+    assert model.num_trainable_parameters() == results["trainable_parameters"]
+    assert model.visual_prompts is not None and not model.trim_context

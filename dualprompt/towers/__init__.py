@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
 
 from . import open_clip_vit, timm_vit
@@ -25,7 +26,7 @@ from .text import (TextTower, content_mask, end_index, output_dim, pool, project
                    text_tower)
 
 __all__ = ["BlockDeltas", "TextTower", "check_supported", "content_mask", "embed_dim",
-           "encode_image", "end_index", "image_size", "pool", "project", "run_block",
+           "encode_image", "end_index", "image_size", "is_clip_vit", "pool", "project", "run_block",
            "takes_visual_prompts", "text_features", "text_hidden", "text_layers", "text_tower",
            "text_width", "vision_layers", "vision_width"]
 
@@ -41,6 +42,11 @@ def _vit_family(visual: nn.Module):
     if timm_vit.is_timm_vit(visual):
         return timm_vit
     return None
+
+
+def is_clip_vit(clip: nn.Module) -> bool:
+    """The original layout: open_clip `CLIP` with its own ViT (OpenAI CLIP, ViT-L-14, ...)."""
+    return isinstance(clip, CLIP) and isinstance(clip.visual, VisionTransformer)
 
 
 def takes_visual_prompts(clip: nn.Module) -> bool:
