@@ -24,17 +24,21 @@ Tokenizer = Callable[[list[str]], Tensor]
 
 
 class DualPromptCLIP(nn.Module):
-    """Wraps an open_clip `CLIP` (kept frozen, in eval mode) with learned prompt vectors.
+    """Wraps an open_clip model (kept frozen, in eval mode) with learned prompt vectors.
 
-    Drop-in for the wrapped model: `encode_image`, `encode_text`, `forward` and
-    `logit_scale` behave like open_clip's, so existing retrieval code keeps working.
+    Drop-in for the wrapped model: `encode_image`, `encode_text`, `forward`, `logit_scale`
+    and `logit_bias` behave like open_clip's, so existing retrieval code keeps working.
 
     Args:
-        clip: an open_clip `CLIP` with a native text tower and a ViT image tower.
+        clip: an open_clip `CLIP` or `CustomTextCLIP` with open_clip's own text tower (OpenAI
+            CLIP, SigLIP / SigLIP2, EVA02, PE-Core, ...). Visual prompts and LoRA need a ViT
+            image tower (open_clip's, or timm's ViT / EVA); any other tower (ResNet) takes
+            text prompts and adapters only.
         config: what to learn; `PromptConfig()` by default.
         tokenizer: tokenizes `config.attribute_init`; open_clip's default tokenizer if None.
-        trim_context: drop padding columns after the batch's longest caption (exact under
-            the causal text mask; a large saving on short captions).
+        trim_context: drop padding columns after the batch's longest caption where that is
+            exact (a causal text tower pooled at the end token; a large saving on short
+            captions). A bidirectional tower (SigLIP) always keeps its whole window.
         length_buckets: with `trim_context`, encode a batch's captions in this many groups of
             similar length, each trimmed to its own longest caption (exact, as above); 1: one
             group.

@@ -83,7 +83,7 @@ def batch(tokenizer):
 # SigLIP-shaped (CustomTextCLIP: bidirectional text pooled at the last position, a logit bias,
 # timm's test ViT with an attention-pool head) and EVA-shaped (timm Eva with rotary embeddings,
 # registered with timm below as a user would register their own timm model).
-SIGLIP_TINY = "dualprompt-test-siglip"
+SIGLIP_TINY = "dualprompt-test-bidir"  # not "siglip": open_clip would pick a hub tokenizer
 EVA_TINY = "dualprompt-test-eva"
 TINY_TEXT = {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
 SIGLIP_TINY_CFG = {

@@ -163,3 +163,45 @@ def test_bidirectional_text_tower_keeps_its_window(other_layout_configs, tokeniz
         torch.testing.assert_close(model.text_query(tokens), clip.encode_text(tokens))
     # the pool query (the caption's plain feature) and the prompted pass: both whole windows
     assert seen == [torch.Size([2, clip.context_length, 64])] * 2
+
+
+def test_the_default_method_falls_back_to_text_prompts_on_a_resnet_with_one_log_line(caplog):
+    from dualprompt.loading import LoadedClip
+    from dualprompt.training.methods import PromptTuning
+    from dualprompt.training.schema import ModelConfig
+
+    clip = open_clip.model.CLIP(32, CLIPVisionCfg(layers=[1, 1, 1, 1], width=16, image_size=64),
+                                CLIPTextCfg(width=64, heads=2, layers=1)).eval()
+    loaded = LoadedClip(clip, None, None, open_clip.tokenize, "tiny-rn")
+    config = PromptConfig(attribute_init=None)
+    with caplog.at_level("WARNING", logger="dualprompt.training.methods"):
+        model = PromptTuning().build_model(loaded, config, ModelConfig(), [],
+                                           visual_optional=True)
+    assert model.visual_prompts is None and model.attribute is not None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "ModifiedResNet takes no visual prompts" in lines[0]
+    with pytest.raises(NotImplementedError, match="ModifiedResNet"):  # VPT, MaPLe: refused
+        PromptTuning().build_model(loaded, config, ModelConfig(), [])
+
+
+@pytest.mark.parametrize("kind, bias, sigmoid", [("auto", None, False), ("auto", -10.0, True),
+                                                 ("infonce", -10.0, False),
+                                                 ("sigmoid", -10.0, True)])
+def test_loss_kind_follows_the_model_unless_set(tiny_clip, kind, bias, sigmoid):
+    from dualprompt.training.module import PromptRetrievalModule
+    from dualprompt.training.schema import LossConfig
+
+    if bias is not None:
+        tiny_clip.logit_bias = torch.nn.Parameter(torch.tensor(bias))
+    module = PromptRetrievalModule(DualPromptCLIP(tiny_clip, PromptConfig(attribute_init=None)),
+                                   loss=LossConfig(kind=kind))
+    assert module.sigmoid == sigmoid
+
+
+def test_sigmoid_loss_on_a_model_without_a_bias_is_a_clear_error(tiny_clip):
+    from dualprompt.training.module import PromptRetrievalModule
+    from dualprompt.training.schema import LossConfig
+
+    with pytest.raises(ValueError, match="loss.kind=sigmoid needs a model with a logit bias"):
+        PromptRetrievalModule(DualPromptCLIP(tiny_clip, PromptConfig(attribute_init=None)),
+                              loss=LossConfig(kind="sigmoid"))

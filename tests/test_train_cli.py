@@ -143,7 +143,7 @@ def test_siglip_shaped_model_trains_with_the_sigmoid_loss(toy, other_layout_conf
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
     run_dir = toy["tmp"] / "siglip_run"
     proc = run_cli("dualprompt.train", toy, run_dir, "trainer.max_epochs=1",
-                   f"model.name={SIGLIP_TINY}",
+                   "trainer.log_every_n_steps=1", f"model.name={SIGLIP_TINY}",
                    f"model.config_file={other_layout_configs[SIGLIP_TINY]}",
                    pretrained=str(weights))
     log = proc.stdout + proc.stderr
