@@ -28,18 +28,27 @@ METHODS = {
     "clip_adapter": ([], {f"model.{side}_adapter.mlp.{i}.weight"
                           for side in ("image", "text") for i in (0, 2)}),
     "clip_lora": ([], {f"model.{side}_lora.{m}" for side in ("image", "text") for m in "ab"}),
-    "kgcoop": (["trainer.log_every_n_steps=1"], {"model.attribute.vectors"}),
-    "promptsrc": (["trainer.log_every_n_steps=1"],
-                  {"model.attribute.vectors", "model.visual_prompts.vectors"}),
+    "kgcoop": ([], {"model.attribute.vectors"}),
+    "promptsrc": ([], {"model.attribute.vectors", "model.visual_prompts.vectors"}),
 }
 
 
+@pytest.fixture(scope="module")
+def method_runs(toy):  # noqa: F811
+    """Every method trained for one epoch in one Hydra multirun (one process, so the ~10 s
+    start-up of Python, torch and Lightning is paid once): {method: its run folder}."""
+    sweep = toy["tmp"] / "methods"
+    run_cli("dualprompt.train", toy, toy["tmp"] / "unused", "hydra.mode=MULTIRUN",
+            f"method={','.join(sorted(METHODS))}", "trainer.max_epochs=1",
+            "trainer.log_every_n_steps=1", f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${method.name}")
+    return {m: sweep / m for m in METHODS}
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_prompt_methods_train_and_write_results(toy, tiny_config_file, method):  # noqa: F811
-    overrides, learned = METHODS[method]
-    run_dir = toy["tmp"] / f"method_{method}"
-    run_cli("dualprompt.train", toy, run_dir, f"method={method}", "trainer.max_epochs=1",
-            *overrides)
+def test_prompt_methods_train_and_write_results(toy, method_runs, method):  # noqa: F811
+    _, learned = METHODS[method]
+    run_dir = method_runs[method]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["method"] == method
     assert set(results["test"]) == {"toy_a", "toy_b", "AVG"} and results["zero_shot"]
@@ -70,10 +79,8 @@ def test_zeroshot_trains_nothing_and_matches_the_zero_shot_column(toy, tiny_conf
     assert not (run_dir / "checkpoints").exists()
 
 
-def test_clip_adapter_file_reproduces_its_metrics(toy, tiny_config_file):  # noqa: F811
-    run_dir = toy["tmp"] / "method_clip_adapter"
-    if not (run_dir / "results.json").is_file():
-        run_cli("dualprompt.train", toy, run_dir, "method=clip_adapter", "trainer.max_epochs=1")
+def test_clip_adapter_file_reproduces_its_metrics(toy, method_runs):  # noqa: F811
+    run_dir = method_runs["clip_adapter"]
     results = json.loads((run_dir / "results.json").read_text())
     run_cli("dualprompt.evaluate", toy, toy["tmp"] / "eval_adapter",
             f"prompts={run_dir / 'prompts.safetensors'}")
