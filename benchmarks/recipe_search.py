@@ -59,6 +59,12 @@ CANDIDATES = {
     "adapters + our loss": ["prompt=adapter"],
     "ours + adapters, no visual prompts": [
         "prompt=text", "prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"],
+    # transfer: every trained candidate fell ~13 points below zero-shot on critters -> craft;
+    # consistency with the frozen CLIP is what KgCoOp and PromptSRC add for exactly that
+    "ours + text consistency": ["loss.text_consistency=8.0"],  # KgCoOp's weight, cosine
+    "ours + PromptSRC consistency": [  # PromptSRC's weights: L1 on features, KL on logits
+        "loss.text_consistency=25", "loss.image_consistency=10", "loss.logit_consistency=1",
+        "loss.consistency_distance=l1"],
     # cost: the category-aware term encodes K negatives per image; does one do as well?
     "ours, 1 negative": ["dataset.negatives.k=1"],
     "ours + adapters, 1 negative": [

@@ -100,8 +100,9 @@ def gathered_sigmoid_loss(image_features: Tensor, all_text_features: Tensor,
     b = image_features.shape[0]
     logits = (logit_scale * image_features.float() @ all_text_features.float().t()
               + logit_bias)  # (B, W*B)
+    rows = torch.arange(b, device=logits.device)
     signs = -torch.ones_like(logits)
-    signs[torch.arange(b, device=logits.device), torch.arange(b, device=logits.device) + offset] = 1
+    signs[rows, rows + offset] = 1
     return -F.logsigmoid(signs * logits).sum() / b
 
 

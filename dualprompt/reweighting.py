@@ -22,8 +22,8 @@ from .tokens import fit_to_window
 @torch.no_grad()
 def frozen_token_features(clip: nn.Module, tokens: Tensor) -> Tensor:
     """Frozen text features at every position: (B, L) ids -> (B, L', D), trimmed after the
-    longest caption where that is exact (`TextTower.trims_exactly`). Position `eot` holds the caption's plain
-    CLIP text feature."""
+    longest caption where that is exact (`TextTower.trims_exactly`). Position `eot` holds the
+    caption's plain CLIP text feature."""
     tower = towers.text_tower(clip)
     eot = towers.end_index(tower, tokens)
     fitted, _, _ = fit_to_window(tokens, eot, 0, trim=tower.trims_exactly)
