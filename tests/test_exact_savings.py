@@ -101,7 +101,9 @@ def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, t
             ("reference", dict(trim_context=False, length_buckets=1),
              dict(share_frozen_text=False, cache_blank_image=False, cache_frozen=False)),
             ("optimised", {}, {})]:
-        module = PromptRetrievalModule(_model(tiny_clip, **model_kwargs), loss=LossConfig(),
+        loss_cfg = LossConfig(text_consistency=25.0, image_consistency=10.0,
+                              logit_consistency=1.0, consistency_distance="l1")  # the default
+        module = PromptRetrievalModule(_model(tiny_clip, **model_kwargs), loss=loss_cfg,
                                        **module_kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -111,10 +113,13 @@ def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, t
                 assert len(module._frozen_cache) == len(text)
 
                 assert len(module._negative_queries) == int(batch.negative_mask.sum())
+                assert len(module._consistency_cache) == len(text)
 
                 def no_frozen_pass(*args, **kwargs):
                     raise AssertionError("the frozen text pass ran again")
                 monkeypatch.setattr(module_file, "frozen_token_features", no_frozen_pass)
+                # nor the consistency terms' frozen caption features
+                monkeypatch.setattr(module_file, "_plain_text_features", no_frozen_pass)
                 # nor the negatives' pool queries
                 monkeypatch.setattr(module.model, "subcategory_query", no_frozen_pass)
             again = module.training_step(batch, 0)  # blank image, weights and queries reused

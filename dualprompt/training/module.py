@@ -33,10 +33,11 @@ class PromptRetrievalModule(L.LightningModule):
         token weights and the prompt-pool query of both positive passes (exact).
     cache_blank_image: compute the blank-image features of the re-weighting once, while the
         CLIP is frozen (exact).
-    cache_frozen: keep each training caption's token weights and prompt-pool query, and the
-        pool query of each of its negatives, functions of the frozen CLIP and the
-        (un-augmented) image and caption only, after their first computation: later epochs
-        skip the frozen text and image passes (exact to float rounding: a batch's padding
+    cache_frozen: keep each training caption's token weights and prompt-pool query, the
+        pool query of each of its negatives, and the frozen caption and image features of the
+        consistency terms, functions of the frozen CLIP and the (un-augmented) image and
+        caption only, after their first computation: later epochs skip the frozen text and
+        image passes (exact to float rounding: a batch's padding
         differs from epoch to epoch).
     """
 
@@ -51,6 +52,8 @@ class PromptRetrievalModule(L.LightningModule):
         self.cache_frozen = cache_frozen
         self._frozen_cache: dict[tuple[int, int], tuple[Tensor, Optional[Tensor]]] = {}
         self._negative_queries: dict[tuple[int, int], Tensor] = {}  # (image, negative) -> query
+        # (image, caption) -> the frozen CLIP's caption and image features (consistency terms)
+        self._consistency_cache: dict[tuple[int, int], tuple[Optional[Tensor], ...]] = {}
         self.loss_cfg = loss or LossConfig()
         self.optim_cfg = optim or OptimConfig()
         self.val_domains, self.test_domains = list(val_domains), list(test_domains)
@@ -142,15 +145,13 @@ class PromptRetrievalModule(L.LightningModule):
     def _consistency(self, batch: TrainBatch, image_features: Tensor, text_features: Tensor,
                      scale: Tensor) -> Tensor:
         """Weighted distances to the frozen CLIP (KgCoOp / PromptSRC terms); 0 when all off."""
-        cfg, clip = self.loss_cfg, self.model.clip
+        cfg = self.loss_cfg
         total = torch.zeros((), device=image_features.device)
         need_text = cfg.text_consistency > 0 or cfg.logit_consistency > 0
         need_image = cfg.image_consistency > 0 or cfg.logit_consistency > 0
-        with torch.no_grad():
-            frozen_text = (F.normalize(_plain_text_features(clip, batch.tokens), dim=-1)
-                           if need_text else None)
-            frozen_image = (F.normalize(towers.encode_image(clip.visual, batch.image), dim=-1)
-                            if need_image else None)
+        if not (need_text or need_image):
+            return total
+        frozen_text, frozen_image = self._frozen_features(batch, need_text, need_image)
         distance = str(cfg.consistency_distance)
         if cfg.text_consistency > 0:
             term = feature_consistency(text_features, frozen_text, distance)
@@ -166,6 +167,27 @@ class PromptRetrievalModule(L.LightningModule):
             self.log("train/loss_logit_consistency", term)
             total = total + cfg.logit_consistency * term
         return total
+
+    def _frozen_features(self, batch: TrainBatch, need_text: bool, need_image: bool
+                         ) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The frozen CLIP's normalised (B, D) caption and image features of the batch, from
+        the cache when every row is there (see `cache_frozen`)."""
+        keys = self._cache_keys(batch)
+        if keys is not None and all(k in self._consistency_cache for k in keys):
+            rows = [self._consistency_cache[k] for k in keys]
+            return tuple(None if rows[0][i] is None else torch.stack([r[i] for r in rows])
+                         for i in (0, 1))
+        clip = self.model.clip
+        with torch.no_grad():
+            text = (F.normalize(_plain_text_features(clip, batch.tokens), dim=-1)
+                    if need_text else None)
+            image = (F.normalize(towers.encode_image(clip.visual, batch.image), dim=-1)
+                     if need_image else None)
+        if keys is not None:
+            for row, key in enumerate(keys):
+                self._consistency_cache[key] = (None if text is None else text[row],
+                                                None if image is None else image[row])
+        return text, image
 
     def _clip_trains(self) -> bool:
         """Full fine-tuning: nothing computed from the CLIP may be kept across steps."""
