@@ -25,15 +25,10 @@ from .blocks import BlockDeltas, run_block
 from .text import (TextTower, content_mask, end_index, output_dim, pool, project, text_hidden,
                    text_tower)
 
-__all__ = ["BlockDeltas", "TextTower", "check_supported", "content_mask", "embed_dim",
-           "encode_image", "end_index", "image_size", "is_clip_vit", "pool", "project", "run_block",
-           "takes_visual_prompts", "text_features", "text_hidden", "text_layers", "text_tower",
-           "text_width", "vision_layers", "vision_width"]
-
-
-def check_supported(clip: nn.Module) -> None:
-    """NotImplementedError, naming the class, for models dualprompt cannot prompt at all."""
-    text_tower(clip)
+__all__ = ["BlockDeltas", "TextTower", "content_mask", "embed_dim", "encode_image", "end_index",
+           "image_size", "is_clip_vit", "pool", "project", "run_block", "takes_visual_prompts",
+           "text_features", "text_hidden", "text_layers", "text_tower", "text_width",
+           "vision_layers", "vision_width"]
 
 
 def _vit_family(visual: nn.Module):
