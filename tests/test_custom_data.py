@@ -1,5 +1,6 @@
-"""`dataset=custom`: your own catalogue as CSV/TSV, JSONL or WebDataset shards, through the real CLI; the same data
-in either format gives identical zero-shot test numbers; bad rows name the file and line."""
+"""`dataset=custom`: your own catalogue as CSV/TSV, JSONL or WebDataset shards, through the
+real CLI; the same data in any format gives identical zero-shot test numbers; bad rows name the
+file and line."""
 from __future__ import annotations
 
 import json

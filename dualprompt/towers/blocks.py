@@ -1,5 +1,6 @@
-"""One transformer block, run with CLIP-LoRA's low-rank deltas added to its attention
-projections for that call only (the module's own weights are never written).
+"""Transformer blocks and token sequences, the same in every tower: a block run with CLIP-LoRA's
+low-rank deltas added to its attention projections for that call only (the module's own
+weights are never written), and prompt vectors written into a token sequence.
 
 The deltas are a {target: (W, W)} dict per layer, targets among q, k, v, o
 (`prompts.LowRankAttention`). Where each target lives depends on the block family:
@@ -62,6 +63,20 @@ def lora_weights(block: nn.Module, deltas: dict[str, Tensor]) -> dict[str, Tenso
         w = params[out]
         weights[out] = w + _fit(deltas["o"], w)
     return weights
+
+
+def expand(prompt: Tensor, like: Tensor) -> Tensor:
+    """(k, W) or (B, k, W) -> (B, k, W) in the dtype of `like`."""
+    prompt = prompt.to(like.dtype)
+    if prompt.dim() == 2:
+        prompt = prompt.unsqueeze(0).expand(like.shape[0], -1, -1)
+    return prompt
+
+
+def replace(x: Tensor, prompt: Tensor, start: int) -> Tensor:
+    """x with positions start:start+k replaced by the prompt (no in-place write)."""
+    k = prompt.shape[-2]
+    return torch.cat([x[:, :start], expand(prompt, x), x[:, start + k:]], dim=1)
 
 
 def _fit(delta: Tensor, weight: Tensor) -> Tensor:

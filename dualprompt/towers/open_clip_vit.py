@@ -8,8 +8,7 @@ from torch import Tensor
 
 from open_clip.transformer import VisionTransformer
 
-from .blocks import BlockDeltas, run_block
-from .text import expand, replace
+from .blocks import BlockDeltas, expand, replace, run_block
 
 
 def layers(visual: VisionTransformer) -> int:

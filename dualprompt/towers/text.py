@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import TextTransformer
 
-from .blocks import BlockDeltas, run_block
+from .blocks import BlockDeltas, replace, run_block
 
 POOL_TYPES = ("argmax", "eos", "last")
 
@@ -155,17 +155,3 @@ def output_dim(tower: TextTower) -> int:
     if proj is None:
         return tower.width
     return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[-1]
-
-
-def expand(prompt: Tensor, like: Tensor) -> Tensor:
-    """(k, W) or (B, k, W) -> (B, k, W) in the dtype of `like`."""
-    prompt = prompt.to(like.dtype)
-    if prompt.dim() == 2:
-        prompt = prompt.unsqueeze(0).expand(like.shape[0], -1, -1)
-    return prompt
-
-
-def replace(x: Tensor, prompt: Tensor, start: int) -> Tensor:
-    """x with positions start:start+k replaced by the prompt (no in-place write)."""
-    k = prompt.shape[-2]
-    return torch.cat([x[:, :start], expand(prompt, x), x[:, start + k:]], dim=1)

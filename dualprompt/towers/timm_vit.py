@@ -14,8 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .blocks import BlockDeltas, run_block
-from .text import expand, replace
+from .blocks import BlockDeltas, expand, replace, run_block
 
 try:  # timm comes with open_clip; these are the classes its CLIP towers use
     from timm.models.eva import Eva

@@ -62,10 +62,10 @@ class PromptRetrievalModule(L.LightningModule):
         self.strict_loading = False  # checkpoints carry the learned tensors only
         self.test_results: dict[str, dict[str, float]] = {}
         self.val_results: dict[str, dict[str, float]] = {}
-        self.sigmoid = self._sigmoid_loss(model)
+        self.sigmoid = self._uses_sigmoid(model)
 
     # -- training ------------------------------------------------------------------------
-    def _sigmoid_loss(self, model: nn.Module) -> bool:
+    def _uses_sigmoid(self, model: nn.Module) -> bool:
         """Whether the losses take SigLIP's sigmoid form (`LossConfig.kind`)."""
         kind, bias = LossKind(self.loss_cfg.kind), getattr(model, "logit_bias", None)
         if kind == LossKind.sigmoid and bias is None:
