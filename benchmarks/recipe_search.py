@@ -79,6 +79,14 @@ CANDIDATES = {
     "ours + adapters, 1 negative": [
         *NO_CONSISTENCY, "prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2",
         "dataset.negatives.k=1"],
+    # the default since (ours + PromptSRC consistency): is one negative enough (cost), and do
+    # adapters beside the prompts add in-domain now that consistency guards transfer?
+    "default, 1 negative": ["dataset.negatives.k=1"],
+    "default + adapters": ["prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"],
+    "default + adapters, 1 negative": [
+        "prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2",
+        "dataset.negatives.k=1"],
+    "default + LoRA": ["prompt.lora_rank=2"],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
 log = logging.getLogger("benchmarks.recipe_search")
