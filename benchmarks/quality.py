@@ -112,7 +112,7 @@ def run(setting: str, variant: str, seed: int, out: Path, extra: list[str],
             "per_domain": results.get("test"), "epochs_trained": results["epochs_trained"],
             "trainable_parameters": results["trainable_parameters"],
             "artifact_bytes": results["artifact_bytes"], "train_seconds": results["train_seconds"],
-            "seconds": round(time.time() - start, 1)}
+            "seconds": round(time.time() - start, 1), "git_revision": git_revision()}
 
 
 def tune(setting: str, variant: str, out: Path, extra: list[str],
@@ -172,7 +172,9 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def _stats(results: list[dict], runs: list[dict] = ()) -> dict:
-    out = {"n": len(results), "tuned": runs[0].get("tuned", []) if runs else []}
+    out = {"n": len(results), "tuned": runs[0].get("tuned", []) if runs else [],
+           # runs resume across revisions; those from before this field was recorded: None
+           "git_revisions": sorted({r.get("git_revision") or "" for r in runs})}
     for c in COSTS:
         out[c] = statistics.fmean(r[c] for r in runs) if runs else 0
     for m in METRICS:
@@ -215,6 +217,12 @@ def markdown(summary: dict, meta: dict) -> str:
                 runs += " [" + ", ".join(k.split(".")[-1] + "=" + v for k, v in
                                          (o.split("=", 1) for o in stats["tuned"])) + "]"
             lines.append(f"| {variant}{runs} | {cells} | {costs} | {' / '.join(gaps)} |")
+        later = {v: s["git_revisions"] for v, s in rows.items()
+                 if any(s.get("git_revisions", [""]))}
+        if later:  # rows run since the runs files started recording each run's revision
+            lines += ["", "Rows run at another revision than the header's: " + "; ".join(
+                f"{v}: git {', '.join(r[:12] or 'earlier' for r in revs)}"
+                for v, revs in later.items()) + "."]
         if full is not None:
             lines += ["", _versus_best_baseline(rows, full), "", _against_targets(rows, full)]
         top = meta.get("ceiling", {}).get(setting)
