@@ -66,8 +66,11 @@ def test_train_writes_results_checkpoint_and_prompt_file_then_resumes(toy, tiny_
     # the checkpoint holds the learned tensors (+ optimizer/scheduler state), not the CLIP
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1
+    adapters = {f"model.{tower}_adapter.mlp.{i}.weight" for tower in ("image", "text")
+                for i in (0, 2)}  # the default method's feature adapters
     assert set(ckpt["state_dict"]) == {"model.attribute.vectors", "model.subcategory.vectors",
-                                       "model.subcategory.keys", "model.visual_prompts.vectors"}
+                                       "model.subcategory.keys", "model.visual_prompts.vectors",
+                                       *adapters}
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
 
     # the exported prompt file loads onto the same base weights and gives the test numbers back
