@@ -92,15 +92,19 @@ def checkpoint(run_dir: Path) -> dict:
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
-    """Same final checkpoint (prompts, SGD momentum, counters), prompt file and test metrics."""
+    """Same final checkpoint (learned tensors, optimizer state, counters), prompt file and test
+    metrics."""
     got, want = checkpoint(run_dir), checkpoint(reference)
     assert (got["epoch"], got["global_step"]) == (want["epoch"], want["global_step"]) == (2, 12)
     assert got["state_dict"].keys() == want["state_dict"].keys()
     for name, tensor in want["state_dict"].items():
         torch.testing.assert_close(got["state_dict"][name], tensor, msg=name)
-    for a, b in zip(got["optimizer_states"][0]["state"].values(),
-                    want["optimizer_states"][0]["state"].values()):
-        torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"])
+    got_state, want_state = (c["optimizer_states"][0]["state"] for c in (got, want))
+    assert got_state.keys() == want_state.keys() and want_state
+    for index, state in want_state.items():  # AdamW (the default): step, exp_avg, exp_avg_sq
+        assert got_state[index].keys() == state.keys() and "exp_avg" in state
+        for key, value in state.items():
+            torch.testing.assert_close(got_state[index][key], value, msg=f"{index}.{key}")
     prompts = load_file(str(run_dir / "prompts.safetensors"))
     for name, tensor in load_file(str(reference / "prompts.safetensors")).items():
         torch.testing.assert_close(prompts[name], tensor, msg=name)
