@@ -217,12 +217,14 @@ def markdown(summary: dict, meta: dict) -> str:
                 runs += " [" + ", ".join(k.split(".")[-1] + "=" + v for k, v in
                                          (o.split("=", 1) for o in stats["tuned"])) + "]"
             lines.append(f"| {variant}{runs} | {cells} | {costs} | {' / '.join(gaps)} |")
-        later = {v: s["git_revisions"] for v, s in rows.items()
-                 if any(s.get("git_revisions", [""]))}
-        if later:  # rows run since the runs files started recording each run's revision
+        header = meta["git_revision"].split("+")[0]
+        other = {v: revs for v, s in rows.items()  # revisions are recorded since e87b01f
+                 if (revs := [r for r in s.get("git_revisions", [])
+                              if r and r.split("+")[0] != header])}
+        if other:
             lines += ["", "Rows run at another revision than the header's: " + "; ".join(
-                f"{v}: git {', '.join(r[:12] or 'earlier' for r in revs)}"
-                for v, revs in later.items()) + "."]
+                f"{v}: git {', '.join(r[:12] for r in revs)}" for v, revs in other.items())
+                + "."]
         if full is not None:
             lines += ["", _versus_best_baseline(rows, full), "", _against_targets(rows, full)]
         top = meta.get("ceiling", {}).get(setting)
