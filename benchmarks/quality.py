@@ -173,7 +173,7 @@ def summarize(runs: list[dict]) -> dict:
 
 def _stats(results: list[dict], runs: list[dict] = ()) -> dict:
     out = {"n": len(results), "tuned": runs[0].get("tuned", []) if runs else [],
-           # runs resume across revisions; those from before this field was recorded: None
+           # runs resume across revisions; "": run before this field was recorded
            "git_revisions": sorted({r.get("git_revision") or "" for r in runs})}
     for c in COSTS:
         out[c] = statistics.fmean(r[c] for r in runs) if runs else 0
