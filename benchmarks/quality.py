@@ -223,7 +223,8 @@ def markdown(summary: dict, meta: dict) -> str:
                               if r and r.split("+")[0] != header])}
         if other:
             lines += ["", "Rows run at another revision than the header's: " + "; ".join(
-                f"{v}: git {', '.join(r[:12] for r in revs)}" for v, revs in other.items())
+                f"{v}: git {', '.join(sorted({r[:12] for r in revs}))}"
+                for v, revs in other.items())
                 + "."]
         if full is not None:
             lines += ["", _versus_best_baseline(rows, full), "", _against_targets(rows, full)]
