@@ -36,6 +36,7 @@ from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 from dualprompt.world.ceiling import ceiling
+from method_overrides import ADAPTERS, CONSISTENCY, NO_ADAPTERS, NO_CONSISTENCY
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 SETTINGS = {"in-domain": ["dataset=world_all"], "cross-domain": ["dataset=world_cross"],
@@ -61,12 +62,6 @@ BASELINES = {  # name -> overrides; "zero-shot" is read from the first run's zer
 }
 # Each row of ours spells out what it holds, so that its label stays true as the default
 # moves (the committed rows ran before adapters, one negative and consistency were defaults).
-NO_CONSISTENCY = ["loss.text_consistency=0", "loss.image_consistency=0",
-                  "loss.logit_consistency=0"]
-CONSISTENCY = ["loss.text_consistency=25", "loss.image_consistency=10",
-               "loss.logit_consistency=1", "loss.consistency_distance=l1"]
-NO_ADAPTERS = ["prompt.image_adapter_ratio=0", "prompt.text_adapter_ratio=0"]
-ADAPTERS = ["prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"]
 PLAIN = [*NO_CONSISTENCY, *NO_ADAPTERS]
 VARIANTS = {  # ours: the ablations, then the full method (last), which is the default
     "text prompts": ["prompt=text", "loss=contrastive", *PLAIN],

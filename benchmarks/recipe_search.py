@@ -31,6 +31,8 @@ import dualprompt
 from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
+from method_overrides import (ADAPTERS, CONSISTENCY, FIRST_SHIPPED, K1, K4,
+                              NO_ADAPTERS, NO_CONSISTENCY)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 CACHE = Path(os.environ.get("DUALPROMPT_CACHE", "~/.cache/dualprompt")).expanduser()
@@ -47,28 +49,20 @@ SETTINGS = {
         "dataset=world", "dataset.test_domains=[craft]",
         "dataset.domains.craft.test=craft/val.json"],
 }
-# Every candidate spells out what it adds to "ours" (the full method as first shipped: dual
-# prompts, re-weighting, category-aware negatives, K = 4), so that its label stays true as the
-# default moves: the default is now "ours + PromptSRC consistency + adapters, 1 negative".
-NO_CONSISTENCY = ["loss.text_consistency=0", "loss.image_consistency=0",
-                  "loss.logit_consistency=0"]
-CONSISTENCY = ["loss.text_consistency=25", "loss.image_consistency=10",  # PromptSRC's weights
-               "loss.logit_consistency=1", "loss.consistency_distance=l1"]
-NO_ADAPTERS = ["prompt.image_adapter_ratio=0", "prompt.text_adapter_ratio=0"]
-ADAPTERS = ["prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"]  # CLIP-Adapter's
-K4, K1 = ["dataset.negatives.k=4"], ["dataset.negatives.k=1"]
-OURS = [*NO_CONSISTENCY, *NO_ADAPTERS, *K4]
+# Every candidate spells out what it adds to "ours" (FIRST_SHIPPED), so that its label stays
+# true as the default moves: the default is now "ours + PromptSRC consistency + adapters,
+# 1 negative".
 KGCOOP_TERM = ["loss.image_consistency=0", "loss.logit_consistency=0",  # KgCoOp's weight
                "loss.text_consistency=8.0", "loss.consistency_distance=cosine"]
 CANDIDATES = {
-    "ours": OURS,
+    "ours": FIRST_SHIPPED,
     "ours + adapters": [*NO_CONSISTENCY, *ADAPTERS, *K4],
-    "ours + LoRA": [*OURS, "prompt.lora_rank=2"],
+    "ours + LoRA": [*FIRST_SHIPPED, "prompt.lora_rank=2"],
     "ours + adapters + text consistency": [*ADAPTERS, *KGCOOP_TERM, *K4],
     "CLIP-Adapter": ["method=clip_adapter"],
     "CLIP-LoRA": ["method=clip_lora"],
     # next: does our loss add to adapters alone, and do the prompts add to both?
-    "adapters + our loss": [*NO_CONSISTENCY, "prompt=adapter", *ADAPTERS, *K4],
+    "adapters + our loss": [*NO_CONSISTENCY, "prompt=adapter", *K4],
     "ours + adapters, no visual prompts": [*NO_CONSISTENCY, "prompt=text", *ADAPTERS, *K4],
     # transfer: every trained candidate fell ~13 points below zero-shot on critters -> craft;
     # consistency with the frozen CLIP is what KgCoOp and PromptSRC add for exactly that

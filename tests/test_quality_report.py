@@ -20,6 +20,8 @@ RUNS = REPO / "benchmarks" / "results" / "quality_runs_in_domain_critters.json"
 
 
 def _quality_module():
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))  # quality.py's own import: method_overrides
     spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
