@@ -77,6 +77,10 @@ CANDIDATES = {
     "ours + PromptSRC consistency, 1 negative": [*CONSISTENCY, *NO_ADAPTERS, *K1],
     "ours + PromptSRC consistency + adapters": [*CONSISTENCY, *ADAPTERS, *K4],
     "ours + PromptSRC consistency + adapters, 1 negative": [*CONSISTENCY, *ADAPTERS, *K1],
+    # over the default: in-domain image->text trails CLIP-LoRA and CLIP-Adapter on test; does
+    # CLIP-LoRA's rank-2 LoRA (q, k, v, both towers) beside the prompts and adapters close it?
+    "ours + PromptSRC consistency + adapters + LoRA, 1 negative": [
+        *CONSISTENCY, *ADAPTERS, *K1, "prompt.lora_rank=2"],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
 log = logging.getLogger("benchmarks.recipe_search")
