@@ -81,6 +81,10 @@ CANDIDATES = {
     # CLIP-LoRA's rank-2 LoRA (q, k, v, both towers) beside the prompts and adapters close it?
     "ours + PromptSRC consistency + adapters + LoRA, 1 negative": [
         *CONSISTENCY, *ADAPTERS, *K1, "prompt.lora_rank=2"],
+    # cost: the default encodes each positive twice (weighted for L_con, unweighted beside its
+    # negative); weighting the negative by its image too lets one weighted pass serve both
+    "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives": [
+        *CONSISTENCY, *ADAPTERS, *K1, "loss.reweight_negatives=true"],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
 log = logging.getLogger("benchmarks.recipe_search")

@@ -92,8 +92,10 @@ def _batch(text, k=2):
                       caption=torch.zeros(b, dtype=torch.long))
 
 
+@pytest.mark.parametrize("reweight_negatives", [False, True])
 def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, text,
-                                                                    monkeypatch):
+                                                                    monkeypatch,
+                                                                    reweight_negatives):
     import dualprompt.training.module as module_file
     batch = _batch(text)
     out = {}
@@ -101,8 +103,9 @@ def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, t
             ("reference", dict(trim_context=False, length_buckets=1),
              dict(share_frozen_text=False, cache_blank_image=False, cache_frozen=False)),
             ("optimised", {}, {})]:
-        loss_cfg = LossConfig(text_consistency=25.0, image_consistency=10.0,
-                              logit_consistency=1.0, consistency_distance="l1")  # the default
+        loss_cfg = LossConfig(text_consistency=25.0, image_consistency=10.0,  # the default's
+                              logit_consistency=1.0, consistency_distance="l1",
+                              reweight_negatives=reweight_negatives)
         module = PromptRetrievalModule(_model(tiny_clip, **model_kwargs), loss=loss_cfg,
                                        **module_kwargs)
         with warnings.catch_warnings():
@@ -111,8 +114,9 @@ def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, t
             loss.backward()
             if name == "optimised":  # the second step reads the cache: no frozen text pass
                 assert len(module._frozen_cache) == len(text)
-
-                assert len(module._negative_queries) == int(batch.negative_mask.sum())
+                negatives = (module._negative_frozen if reweight_negatives
+                             else module._negative_queries)
+                assert len(negatives) == int(batch.negative_mask.sum())
                 assert len(module._consistency_cache) == len(text)
 
                 def no_frozen_pass(*args, **kwargs):
@@ -131,3 +135,36 @@ def test_training_step_loss_and_gradients_unchanged_by_every_saving(tiny_clip, t
     assert out["reference"][2].keys() == out["optimised"][2].keys()
     for name, grad in out["reference"][2].items():
         torch.testing.assert_close(out["optimised"][2][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_reweighted_negatives_encode_the_positive_once_and_weigh_each_by_its_image(
+        tiny_clip, text, monkeypatch):
+    """`reweight_negatives`: one text pass with gradients over the positives (their weighted
+    features serve both losses) and one over the negatives, each weighted against its own
+    image; the other form re-encodes the positives unweighted beside the negatives."""
+    batch = _batch(text)
+    n_negatives = int(batch.negative_mask.sum())
+    for reweight, expected_rows in [(True, [len(text), n_negatives]),
+                                    (False, [len(text), len(text) + n_negatives])]:
+        module = PromptRetrievalModule(_model(tiny_clip), loss=LossConfig(
+            reweight_negatives=reweight, reweighting_strength=0.5))
+        encode, calls = module.model.encode_text, []
+
+        def counted(tokens, *args, **kwargs):
+            calls.append((tokens, kwargs.get("token_weights")))
+            return encode(tokens, *args, **kwargs)
+        monkeypatch.setattr(module.model, "encode_text", counted)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module.training_step(batch, 0)
+        monkeypatch.undo()
+        assert [len(tokens) for tokens, _ in calls] == expected_rows
+        negative_weights = calls[1][1]
+        if not reweight:
+            assert negative_weights is None
+            continue
+        rows = batch.negative_mask.nonzero(as_tuple=True)[0]
+        expected = token_weights(tiny_clip, batch.negative_tokens[batch.negative_mask],
+                                 batch.image[rows], strength=0.5)
+        torch.testing.assert_close(negative_weights, expected, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(negative_weights, torch.ones_like(negative_weights))

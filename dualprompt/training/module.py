@@ -34,7 +34,8 @@ class PromptRetrievalModule(L.LightningModule):
     cache_blank_image: compute the blank-image features of the re-weighting once, while the
         CLIP is frozen (exact).
     cache_frozen: keep each training caption's token weights and prompt-pool query, the
-        pool query of each of its negatives, and the frozen caption and image features of the
+        pool query (and with `reweight_negatives` the token weights) of each of its
+        negatives, and the frozen caption and image features of the
         consistency terms, functions of the frozen CLIP and the (un-augmented) image and
         caption only, after their first computation: later epochs skip the frozen text and
         image passes (exact to float rounding: a batch's padding
@@ -52,6 +53,8 @@ class PromptRetrievalModule(L.LightningModule):
         self.cache_frozen = cache_frozen
         self._frozen_cache: dict[tuple[int, int], tuple[Tensor, Optional[Tensor]]] = {}
         self._negative_queries: dict[tuple[int, int], Tensor] = {}  # (image, negative) -> query
+        # (image, negative) -> its token weights and query (`LossConfig.reweight_negatives`)
+        self._negative_frozen: dict[tuple[int, int], tuple[Tensor, Optional[Tensor]]] = {}
         # (image, caption) -> the frozen CLIP's caption and image features (consistency terms)
         self._consistency_cache: dict[tuple[int, int], tuple[Optional[Tensor], ...]] = {}
         self.loss_cfg = loss or LossConfig()
@@ -78,9 +81,9 @@ class PromptRetrievalModule(L.LightningModule):
         model, cfg = self.model, self.loss_cfg
         images, tokens = batch.image, batch.tokens
         image_features = model.encode_image(images, normalize=True)  # (B, D)
-        weights = query = None
+        weights = query = frozen_image = None
         if cfg.reweighting:
-            weights, query = self._frozen_weights_and_query(batch, image_features)
+            weights, query, frozen_image = self._frozen_weights_and_query(batch, image_features)
         text_features = model.encode_text(tokens, normalize=True, token_weights=weights,
                                           query=query)
         scale = model.logit_scale.exp().float()
@@ -91,12 +94,18 @@ class PromptRetrievalModule(L.LightningModule):
             total = total + loss_con
         if (cfg.category_negatives and cfg.category_weight > 0
                 and bool(batch.negative_mask.any())):
-            # with re-weighting on, the positive of L_cate is re-encoded unweighted (with the
-            # negatives, in one pass): weighted positives against unweighted negatives would
-            # let the prompts separate them by the weighting instead of by the content
-            positive = None if weights is None else batch.tokens
-            loss_cate = self._category_loss(batch, image_features, text_features, scale,
-                                            positive_tokens=positive, positive_query=query)
+            # positives and negatives must be weighted alike, or the prompts could separate
+            # them by the weighting instead of by the content: with re-weighting on, either
+            # the negatives are weighted by their image too (`reweight_negatives`) or the
+            # positive is re-encoded unweighted beside them (in one pass)
+            if weights is None or cfg.reweight_negatives:
+                loss_cate = self._category_loss(
+                    batch, image_features, text_features, scale,
+                    weighted=weights is not None, frozen_image=frozen_image)
+            else:
+                loss_cate = self._category_loss(batch, image_features, text_features, scale,
+                                                positive_tokens=batch.tokens,
+                                                positive_query=query)
             self.log("train/loss_cate", loss_cate)
             total = total + cfg.category_weight * loss_cate
         total = total + self._consistency(batch, image_features, text_features, scale)
@@ -109,22 +118,20 @@ class PromptRetrievalModule(L.LightningModule):
         return total
 
     def _frozen_weights_and_query(self, batch: TrainBatch, image_features: Tensor
-                                  ) -> tuple[Tensor, Optional[Tensor]]:
+                                  ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """The positives' token weights (B, L) and prompt-pool queries (B, Dq) or None, from
-        the cache when every row is there (see `cache_frozen`)."""
+        the cache when every row is there (see `cache_frozen`); and the frozen CLIP's (B, D)
+        image features when they were computed for them (None from the cache)."""
         model, tokens = self.model, batch.tokens
         keys = self._cache_keys(batch)
         if keys is not None and all(k in self._frozen_cache for k in keys):
             rows = [self._frozen_cache[k] for k in keys]
             weights = torch.stack([w for w, _ in rows])
             query = None if rows[0][1] is None else torch.stack([q for _, q in rows])
-            return weights, query
-        # the prompted image features are the frozen ones when nothing changes the image tower
-        plain_image = (model.visual_prompts is None and model.image_adapter is None
-                       and model.image_lora is None)
-        frozen = image_features.detach() if plain_image else None
+            return weights, query, None
+        frozen = self._frozen_image(batch, image_features)
         shared = frozen_token_features(model.clip, tokens) if self.share_frozen_text else None
-        weights = token_weights(model.clip, tokens, batch.image, image_features=frozen,
+        weights = token_weights(model.clip, tokens, image_features=frozen,
                                 strength=self.loss_cfg.reweighting_strength,
                                 blank_features=self._blank(), token_features=shared)
         query = model.text_query(tokens, shared) if shared is not None else None
@@ -132,7 +139,17 @@ class PromptRetrievalModule(L.LightningModule):
             for row, key in enumerate(keys):
                 self._frozen_cache[key] = (weights[row].detach(),
                                            None if query is None else query[row].detach())
-        return weights, query
+        return weights, query, frozen
+
+    @torch.no_grad()
+    def _frozen_image(self, batch: TrainBatch, image_features: Tensor) -> Tensor:
+        """The frozen CLIP's (B, D) features of the batch's images: the prompted ones when
+        nothing changes the image tower."""
+        model = self.model
+        if (model.visual_prompts is None and model.image_adapter is None
+                and model.image_lora is None):
+            return image_features.detach()
+        return model.clip.encode_image(batch.image)
 
     def _cache_keys(self, batch: TrainBatch) -> Optional[list[tuple[int, int]]]:
         """(image index, caption index) of each row, or None when nothing may be cached: the
@@ -236,16 +253,23 @@ class PromptRetrievalModule(L.LightningModule):
     def _category_loss(self, batch: TrainBatch, image_features: Tensor,
                        text_features: Tensor, scale: Tensor,
                        positive_tokens: Optional[Tensor] = None,
-                       positive_query: Optional[Tensor] = None) -> Tensor:
+                       positive_query: Optional[Tensor] = None, weighted: bool = False,
+                       frozen_image: Optional[Tensor] = None) -> Tensor:
+        """L_cate of `text_features` (or of `positive_tokens`, encoded here beside the
+        negatives) against the batch's negatives, re-weighted by their image if `weighted`."""
         mask = batch.negative_mask  # (B, K)
         b, k, _ = batch.negative_tokens.shape
         tokens = batch.negative_tokens[mask]
-        query = None
-        if positive_tokens is not None and positive_query is not None:
+        query = weights = None
+        if weighted:
+            weights, query = self._negative_weights_and_query(batch, tokens, image_features,
+                                                              frozen_image)
+        elif positive_tokens is not None and positive_query is not None:
             query = torch.cat([positive_query, self._negative_query(batch, tokens)])
         if positive_tokens is not None:
             tokens = torch.cat([positive_tokens, tokens])
-        encoded = self.model.encode_text(tokens, normalize=True, query=query)
+        encoded = self.model.encode_text(tokens, normalize=True, token_weights=weights,
+                                         query=query)
         if positive_tokens is not None:
             text_features, encoded = encoded[:b], encoded[b:]
         negatives = encoded.new_zeros(b, k, encoded.shape[-1])
@@ -272,6 +296,34 @@ class PromptRetrievalModule(L.LightningModule):
         if keys is not None:
             self._negative_queries.update(zip(keys, query.detach()))
         return query
+
+    def _negative_weights_and_query(self, batch: TrainBatch, tokens: Tensor,
+                                    image_features: Tensor, frozen_image: Optional[Tensor]
+                                    ) -> tuple[Tensor, Optional[Tensor]]:
+        """The token weights (N, L) of the batch's negatives (`tokens`: those under the mask,
+        in order), each against its own image, and their pool queries (N, Dq) or None, from
+        the cache when every one is there (keyed as in `_negative_query`)."""
+        rows, cols = batch.negative_mask.nonzero(as_tuple=True)
+        keys = None
+        if self._cache_keys(batch) is not None:
+            keys = list(zip(batch.index[rows].tolist(), cols.tolist()))
+            if all(k in self._negative_frozen for k in keys):
+                cached = [self._negative_frozen[k] for k in keys]
+                query = None if cached[0][1] is None else torch.stack([q for _, q in cached])
+                return torch.stack([w for w, _ in cached]), query
+        if frozen_image is None:
+            frozen_image = self._frozen_image(batch, image_features)
+        model = self.model
+        shared = frozen_token_features(model.clip, tokens) if self.share_frozen_text else None
+        weights = token_weights(model.clip, tokens, image_features=frozen_image[rows],
+                                strength=self.loss_cfg.reweighting_strength,
+                                blank_features=self._blank(), token_features=shared)
+        query = model.text_query(tokens, shared)
+        if keys is not None:
+            self._negative_frozen.update(
+                (key, (weights[i].detach(), None if query is None else query[i].detach()))
+                for i, key in enumerate(keys))
+        return weights, query
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]

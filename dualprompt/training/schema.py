@@ -282,6 +282,10 @@ class LossConfig:
     category_level: CategoryLevel = CategoryLevel.fine
     reweighting: bool = True  # dynamic token re-weighting of the positive captions
     reweighting_strength: float = 1.0
+    # with re-weighting: weight each negative caption by its image too (as its positive is), so
+    # the weighted positive of L_con also serves L_cate; false: L_cate compares an unweighted
+    # copy of the positive with unweighted negatives (one more text pass per step)
+    reweight_negatives: bool = False
     # consistency with the frozen CLIP (0: off): the prompted caption / image features against
     # the frozen ones (KgCoOp: text 8.0, cosine; PromptSRC: text 25, image 10, l1), and the
     # batch's image->text logits against the frozen logits (PromptSRC: 1.0, KL)
