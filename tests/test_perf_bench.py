@@ -2,6 +2,7 @@
 timings). benchmarks/perf/run.py runs the same blocks on ViT-B-32."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -50,9 +51,17 @@ def test_captions_have_fdrd_lengths(wl, source):
 def test_reference_and_optimised_steps_give_the_same_loss(wl, tiny_config_file):
     clip = make_tiny_clip()
     captions = wl.sample_captions(4, None, seed=2)
-    batch = wl.make_batch(captions, clip.visual.image_size)
-    losses = {name: wl.prompt_loss(wl.prompt_module(clip, opt), batch).item()
-              for name, opt in wl.PROMPT_VARIANTS.items()}
+    prompt, loss, negatives = wl.default_method()
+    batch = wl.make_batch(captions, clip.visual.image_size, negatives=negatives)
+    assert batch.negative_tokens.shape[1] == negatives < captions.negative.shape[1]
+    modules = {name: wl.prompt_module(clip, opt) for name, opt in wl.PROMPT_VARIANTS.items()}
+    for module in modules.values():  # the step timed is the default method's
+        config = module.model.config  # its depths resolved from the fractions on this tower
+        assert module.loss_cfg == loss and config.text_depth == 3 == config.visual_depth
+        assert dataclasses.replace(config, text_depth=1, visual_depth=1, text_depth_fraction=0.75,
+                                   visual_depth_fraction=0.75) == prompt
+    assert prompt.image_adapter_ratio > 0 and module.model.image_adapter is not None
+    losses = {name: wl.prompt_loss(module, batch).item() for name, module in modules.items()}
     assert all(all(wl.supported(opt).values()) for opt in wl.PROMPT_VARIANTS.values())
     reference = losses["reference prompt step"]
     for name, loss in losses.items():

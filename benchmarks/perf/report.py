@@ -66,10 +66,10 @@ def markdown(result: dict) -> str:
     ft = train["rows"][FT]["median_s"]
     ref = train["rows"][REF]["median_s"]
     lines += ["", "## Training step (forward + backward + optimizer step)", "", _stamp(train), "",
-              "Prompt-step rows are cumulative: each adds one exact saving to the row above "
-              "(loss dcar: InfoNCE + category-aware negatives + token re-weighting, default "
-              "PromptConfig). Full fine-tuning and the frozen forward use plain open_clip at the "
-              "77-token context.", "",
+              "Prompt-step rows are cumulative: each adds one exact saving to the row above, "
+              f"on {_method(result)}. Full fine-tuning (InfoNCE + the same category-aware "
+              "negatives) and the frozen forward use plain open_clip at the 77-token context.",
+              "",
               "| step | time (s) | x full FT | x reference | peak memory growth (GiB) | loss |",
               "|---|---:|---:|---:|---:|---:|"]
     for name, row in train["rows"].items():
@@ -115,6 +115,32 @@ def markdown(result: dict) -> str:
               "| RetrievalHitRate | " + " | ".join(f"{v:.2f}" for v in theirs["values"].values())
               + " |"]
     return "\n".join(lines) + "\n"
+
+
+def _method(result: dict) -> str:
+    """What the prompt step trains, from the run's record (older runs did not keep it)."""
+    method = result.get("method")
+    if method is None:
+        return "the default PromptConfig and LossConfig of the revision measured"
+    p, loss = method["prompt"], method["loss"]
+    parts = [f"text prompts {p['attribute_length']} + {p['subcategory_length']} and "
+             f"{p['visual_length']} visual tokens in the first "
+             f"{p['text_depth_fraction']} / {p['visual_depth_fraction']} of the layers"]
+    if p["image_adapter_ratio"] or p["text_adapter_ratio"]:
+        parts.append(f"adapters ({p['image_adapter_ratio']} / {p['text_adapter_ratio']})")
+    if p["lora_rank"]:
+        parts.append(f"LoRA rank {p['lora_rank']}")
+    terms = ["InfoNCE"]
+    if loss["category_negatives"]:
+        terms.append(f"{result['batch'].get('negatives', 4)} category-aware negative(s) "
+                     f"per image (lambda {loss['category_weight']})")
+    if loss["reweighting"]:
+        terms.append("token re-weighting" + (" of positives and negatives"
+                                             if loss.get("reweight_negatives") else ""))
+    if loss["text_consistency"] or loss["image_consistency"] or loss["logit_consistency"]:
+        terms.append("consistency with the frozen CLIP")
+    return ("the default method (conf/train.yaml): " + ", ".join(parts) + "; "
+            + " + ".join(terms))
 
 
 def _stamp(section: dict) -> str:

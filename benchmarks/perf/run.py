@@ -4,8 +4,11 @@ Usage: python benchmarks/perf/run.py [--device cpu|cuda] [--quick] [--threads 2]
 
 One process, one model (open_clip ViT-B-32 shapes, random init), one batch (16 images, a
 positive and 4 negatives each, FDRD captions from ../shared/fdrd/captions or, without them,
-the recorded FDRD length distribution). Variants are interleaved rep by rep so that machine
-noise hits all alike; times are medians. Writes perf.{json,md,png} to --out.
+the recorded FDRD length distribution). The prompt step is the default method's (what
+conf/train.yaml composes without overrides: its prompts, loss and number of negatives, which
+the fine-tuning step shares); inference encodes all 80 captions. Variants are interleaved
+rep by rep so that machine noise hits all alike; times are medians. Writes
+perf.{json,md,png} to --out.
 
 Memory. CPU: peak RSS growth of the process during one call (Linux VmHWM reset through
 /proc/self/clear_refs; freed heap handed back with malloc_trim first), on the warm-up call;
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import json
 import logging
@@ -151,7 +155,9 @@ def profile_step(module, optimizer, batch, meter: Meter, top: int = 12) -> list[
              "share": round(getattr(e, attr) / total, 3)} for e in events]
 
 
-def inference(meter: Meter, clip, batch, reps: int) -> dict:
+def inference(meter: Meter, clip, batch, prompt: wl.PromptConfig, reps: int) -> dict:
+    """encode_text / encode_image of the default method's prompts (`prompt`) against
+    open_clip, on every caption of the batch (positives and negatives) and its images."""
     text = torch.cat([batch.tokens, batch.negative_tokens.flatten(0, 1)])
     calls = {}
     # the last row is another model (the pool keyed on mean token embeddings: no frozen text
@@ -163,8 +169,9 @@ def inference(meter: Meter, clip, batch, reps: int) -> dict:
                                          "8 length buckets": (True, 8, "feature"),
                                          tokens_query: (True, 4, "tokens")}.items():
         torch.manual_seed(0)
-        model = wl.DualPromptCLIP(clip, wl.PromptConfig(subcategory_query=query),
-                                  trim_context=trim, length_buckets=buckets).to(meter.device)
+        config = dataclasses.replace(prompt, subcategory_query=query)
+        model = wl.DualPromptCLIP(clip, config, trim_context=trim,
+                                  length_buckets=buckets).to(meter.device)
         pair = wl.inference_calls(clip, model, batch.image, text)
         label = f"DualPromptCLIP encode_text{', ' + name if name else ''}"
         calls[label] = pair["DualPromptCLIP encode_text"]
@@ -263,14 +270,19 @@ def main() -> None:
     if captions.source != "fdrd":
         log.warning("no FDRD captions at %s: lengths drawn from the recorded distribution",
                     args.fdrd)
-    batch = wl.to_device(wl.make_batch(captions, clip.visual.image_size), device)
+    prompt, loss, negatives = wl.default_method()
+    # training: the default method's negatives per image; inference: every caption drawn
+    batch = wl.to_device(wl.make_batch(captions, clip.visual.image_size, negatives=negatives),
+                         device)
+    all_captions = wl.to_device(wl.make_batch(captions, clip.visual.image_size), device)
     started = time.time()
     result = {
         "command": " ".join(sys.argv), "device": args.device,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "threads": torch.get_num_threads(), "reps": reps, "model": args.model,
-        "weights": "random init", "batch": {"images": batch_size,
-                                            "captions": batch_size * (1 + wl.NEGATIVES)},
+        "weights": "random init", "batch": {"images": batch_size, "negatives": negatives,
+                                            "captions": batch_size * (1 + negatives)},
+        "method": {"prompt": dataclasses.asdict(prompt), "loss": dataclasses.asdict(loss)},
         "captions": {"source": captions.source, "folder": str(args.fdrd), **captions.stats},
         "versions": versions(), "git_revision": git_revision(),
     }
@@ -283,7 +295,7 @@ def main() -> None:
     stamp = {"git_revision": result["git_revision"], "threads": result["threads"],
              "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     measure = {"training": lambda: training(meter, clip, batch, reps),
-               "inference": lambda: inference(meter, clip, batch, reps),
+               "inference": lambda: inference(meter, clip, all_captions, prompt, reps),
                "retrieval": lambda: evaluation(meter, num_images, reps, args.torchmetrics_reps,
                                                args.torchmetrics_chunk)}
     for section in SECTIONS:

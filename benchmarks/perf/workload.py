@@ -103,21 +103,41 @@ def sample_captions(batch_size: int, fdrd_root: Optional[Path], seed: int = 0,
 
 
 def make_batch(captions: Captions, image_size: tuple[int, int], seed: int = 0,
-               categories: int = 4) -> TrainBatch:
-    """A training batch as `RetrievalDataModule` makes it: random images, the captions,
-    every negative present, categories drawn so some negatives share the image's category."""
+               categories: int = 4, negatives: int = NEGATIVES) -> TrainBatch:
+    """A training batch as `RetrievalDataModule` makes it: random images, the captions, the
+    first `negatives` negatives of each image (all present), categories drawn so some
+    negatives share the image's category, and each row's image and caption index (what the
+    module's caches of frozen features are keyed on)."""
     gen = torch.Generator().manual_seed(seed)
-    b, k = captions.negative.shape[:2]
+    b = captions.negative.shape[0]
+    k = min(negatives, captions.negative.shape[1])
     return TrainBatch(image=torch.randn(b, 3, *image_size, generator=gen),
                       tokens=captions.positive,
-                      negative_tokens=captions.negative,
+                      negative_tokens=captions.negative[:, :k].contiguous(),
                       negative_mask=torch.ones(b, k, dtype=torch.bool),
                       negative_categories=torch.randint(0, categories, (b, k), generator=gen),
-                      category=torch.randint(0, categories, (b,), generator=gen))
+                      category=torch.randint(0, categories, (b,), generator=gen),
+                      index=torch.arange(b), caption=torch.zeros(b, dtype=torch.long))
 
 
 def to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
     return TrainBatch(**{f.name: getattr(batch, f.name).to(device) for f in fields(batch)})
+
+
+# -- the default method ----------------------------------------------------------------------
+def default_method() -> tuple[PromptConfig, LossConfig, int]:
+    """The default method as a run without overrides composes it (conf/train.yaml): its
+    prompt and loss configs and its number of negatives per image."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import dualprompt
+    from dualprompt.training.schema import register_configs
+    register_configs()
+    conf = Path(dualprompt.__file__).parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = OmegaConf.to_object(compose(config_name="train"))
+    return cfg.prompt, cfg.loss, cfg.dataset.negatives.k
 
 
 # -- the variants of the prompt step ---------------------------------------------------------
@@ -129,16 +149,20 @@ class Optimisations:
     length_buckets: int = 4  # DualPromptCLIP: encode captions in groups of similar length
     share_frozen_text: bool = True  # module: one frozen text pass for re-weighting and pool key
     cache_blank_image: bool = True  # module: blank-image features computed once
+    # module: token weights, pool queries and the consistency terms' frozen features kept
+    # after their first computation (a training step from the second epoch on)
+    cache_frozen: bool = True
 
 
-REFERENCE = Optimisations(False, 1, False, False)
+REFERENCE = Optimisations(False, 1, False, False, False)
 # cumulative: each row adds one saving to the one above
 PROMPT_VARIANTS: dict[str, Optimisations] = {
     "reference prompt step": REFERENCE,
-    "+ trim_context": Optimisations(True, 1, False, False),
-    "+ length_buckets": Optimisations(True, 4, False, False),
-    "+ share_frozen_text": Optimisations(True, 4, True, False),
-    "dualprompt step": Optimisations(),  # + cache_blank_image: everything on
+    "+ trim_context": Optimisations(True, 1, False, False, False),
+    "+ length_buckets": Optimisations(True, 4, False, False, False),
+    "+ share_frozen_text": Optimisations(True, 4, True, False, False),
+    "+ cache_blank_image (first epoch)": Optimisations(True, 4, True, True, False),
+    "dualprompt step": Optimisations(),  # + cache_frozen: everything on (epochs 2+)
 }
 
 
@@ -150,19 +174,23 @@ def supported(opt: Optimisations) -> dict[str, bool]:
     return {name: name in model_args or name in module_args for name in asdict(opt)}
 
 
-def prompt_module(clip: nn.Module, opt: Optimisations,
-                  config: Optional[PromptConfig] = None) -> PromptRetrievalModule:
-    """The product's training module (default loss: dcar) on `clip` with the given savings.
+def prompt_module(clip: nn.Module, opt: Optimisations, config: Optional[PromptConfig] = None,
+                  loss: Optional[LossConfig] = None) -> PromptRetrievalModule:
+    """The product's training module on `clip` with the given savings; `config` and `loss`
+    default to the default method's (`default_method`).
 
     The CLIP is shared, not copied: every variant runs on the same frozen weights."""
+    if config is None or loss is None:
+        default_prompt, default_loss, _ = default_method()
+        config, loss = config or default_prompt, loss or default_loss
     ok = supported(opt)
     model_kwargs = {k: v for k, v in asdict(opt).items()
                     if k in ("trim_context", "length_buckets") and ok[k]}
     module_kwargs = {k: v for k, v in asdict(opt).items()
-                     if k in ("share_frozen_text", "cache_blank_image") and ok[k]}
+                     if k in ("share_frozen_text", "cache_blank_image", "cache_frozen") and ok[k]}
     torch.manual_seed(0)  # same prompt init in every variant
-    model = DualPromptCLIP(clip, config or PromptConfig(), **model_kwargs)
-    return PromptRetrievalModule(model, loss=LossConfig(), **module_kwargs)
+    model = DualPromptCLIP(clip, config, **model_kwargs)
+    return PromptRetrievalModule(model, loss=loss, **module_kwargs)
 
 
 def prompt_optimizer(module: PromptRetrievalModule) -> torch.optim.Optimizer:
@@ -201,8 +229,9 @@ def finetune_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def finetune_loss(clip: nn.Module, batch: TrainBatch, alpha: float = 0.5) -> Tensor:
-    """InfoNCE + category-aware negatives with plain open_clip (77-token context), positives
-    and negatives encoded in one pass: what a user fine-tuning CLIP on FDRD would run."""
+    """InfoNCE + category-aware negatives (the batch's) with plain open_clip (77-token
+    context), positives and negatives encoded in one pass: what a user fine-tuning CLIP on
+    FDRD would run."""
     images, positive, negative = batch.image, batch.tokens, batch.negative_tokens
     b, k = negative.shape[:2]
     image_features = clip.encode_image(images, normalize=True)
@@ -226,7 +255,8 @@ def finetune_step(clip: nn.Module, optimizer: torch.optim.Optimizer,
 
 @torch.no_grad()
 def frozen_forward(clip: nn.Module, batch: TrainBatch) -> Tensor:
-    """The frozen CLIP's forward of the step's inputs (16 images, 16 + 64 captions, 77 tokens)."""
+    """The frozen CLIP's forward of the step's inputs (images, positives and negatives, 77
+    tokens)."""
     text = torch.cat([batch.tokens, batch.negative_tokens.flatten(0, 1)])
     image_features = clip.encode_image(batch.image)
     return image_features.sum() + clip.encode_text(text).sum()
