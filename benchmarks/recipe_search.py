@@ -85,6 +85,11 @@ CANDIDATES = {
     # negative); weighting the negative by its image too lets one weighted pass serve both
     "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives": [
         *CONSISTENCY, *ADAPTERS, *K1, "loss.reweight_negatives=true"],
+    # LoRA on both towers raised in-domain image->text but cost transfer text->image (-4);
+    # CLIP-LoRA's image side alone, over re-weighted negatives
+    "ours + PromptSRC consistency + adapters + image LoRA, 1 negative, re-weighted negatives": [
+        *CONSISTENCY, *ADAPTERS, *K1, "loss.reweight_negatives=true", "prompt.lora_rank=2",
+        "prompt.lora_towers=[image]"],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
 log = logging.getLogger("benchmarks.recipe_search")

@@ -83,11 +83,13 @@ class PromptConfig:
     text_adapter_ratio: float = 0.0
     adapter_reduction: int = 4  # bottleneck width = feature dim / reduction
     # CLIP-LoRA (Zanella & Ben Ayed 2024): a low-rank update W + alpha / sqrt(rank) * B A of
-    # the attention projections `lora_targets` (of q, k, v, o) in every layer of both towers;
-    # B starts at zero, so training starts from the frozen CLIP. A rank of 0 switches it off.
+    # the attention projections `lora_targets` (of q, k, v, o) in every layer of the towers
+    # `lora_towers` (both, as CLIP-LoRA); B starts at zero, so training starts from the frozen
+    # CLIP. A rank of 0 switches it off.
     lora_rank: int = 0
     lora_alpha: float = 1.0
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])
+    lora_towers: list[str] = field(default_factory=lambda: ["text", "image"])
 
     def __post_init__(self) -> None:
         self.subcategory_query = SubcategoryQuery(self.subcategory_query)
@@ -122,6 +124,11 @@ class PromptConfig:
             unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
             _check(bool(self.lora_targets) and not unknown, "lora_targets",
                    f"must be a non-empty subset of {list(LORA_TARGETS)}, got {self.lora_targets}")
+        self.lora_towers = list(self.lora_towers)
+        if self.lora_rank:
+            _check(bool(self.lora_towers) and set(self.lora_towers) <= {"text", "image"},
+                   "lora_towers", f"must be a non-empty subset of ['text', 'image'], got "
+                                  f"{self.lora_towers}")
         self.class_names = list(self.class_names)
         if self.class_names:
             _check(self.attribute_length > 0, "class_names",

@@ -52,7 +52,8 @@ class DualPromptCLIP(nn.Module):
         super().__init__()
         tower = towers.text_tower(clip)  # NotImplementedError for towers it cannot prompt
         config = config if config is not None else PromptConfig()
-        if (config.visual_length or config.lora_rank) and not towers.takes_visual_prompts(clip):
+        image_lora = config.lora_rank and "image" in config.lora_towers
+        if (config.visual_length or image_lora) and not towers.takes_visual_prompts(clip):
             towers.vision_width(clip)  # raises, naming the image tower
         vision_layers = towers.vision_layers(clip) or 1
         config = config.for_model(tower.layers, vision_layers)
@@ -99,9 +100,10 @@ class DualPromptCLIP(nn.Module):
                                             config.text_adapter_ratio)
                              if config.text_adapter_ratio else None)
         self.text_lora = self.image_lora = None
-        if config.lora_rank:
+        if config.lora_rank and "text" in config.lora_towers:
             self.text_lora = LowRankAttention(tower.layers, width, config.lora_rank,
                                               config.lora_alpha, config.lora_targets)
+        if config.lora_rank and "image" in config.lora_towers:
             self.image_lora = LowRankAttention(
                 towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
                 config.lora_alpha, config.lora_targets)

@@ -54,10 +54,37 @@ def test_lora_trains_only_its_tensors_and_leaves_the_clip_untouched(tiny_clip, b
                                    atol=0, rtol=0)
 
 
+def test_lora_on_one_tower_leaves_the_other_frozen(tiny_clip, batch, tmp_path):
+    images, tokens = batch
+    model = DualPromptCLIP(tiny_clip, PromptConfig(
+        attribute_length=0, subcategory_length=0, visual_length=0, lora_rank=2,
+        lora_towers=["image"]))
+    assert model.text_lora is None and model.image_lora is not None
+    assert model.num_trainable_parameters() == 3 * 3 * (2 * 64 + 64 * 2)  # image q, k, v
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = -(model.encode_image(images, normalize=True)
+                 * tiny_clip.encode_text(tokens, normalize=True)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert (model.encode_image(images) - tiny_clip.encode_image(images)).abs().max() > 1e-3
+        torch.testing.assert_close(model.encode_text(tokens), tiny_clip.encode_text(tokens),
+                                   atol=1e-5, rtol=0)
+        loaded = load_prompts(model.save_prompts(tmp_path / "image_lora.safetensors"),
+                              make_tiny_clip())
+        assert loaded.config.lora_towers == ["image"] and loaded.text_lora is None
+        torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images),
+                                   atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"lora_rank": -1}, "lora_rank"),
     ({"lora_rank": 2, "lora_targets": ["q", "x"]}, "lora_targets"),
-    ({"lora_rank": 2, "lora_targets": []}, "lora_targets")])
+    ({"lora_rank": 2, "lora_targets": []}, "lora_targets"),
+    ({"lora_rank": 2, "lora_towers": ["vision"]}, "lora_towers"),
+    ({"lora_rank": 2, "lora_towers": []}, "lora_towers")])
 def test_lora_fields_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):
         PromptConfig(**fields)
