@@ -36,7 +36,8 @@ from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 from dualprompt.world.ceiling import ceiling
-from method_overrides import ADAPTERS, CONSISTENCY, NO_ADAPTERS, NO_CONSISTENCY
+from method_overrides import (ADAPTERS, CONSISTENCY, NO_ADAPTERS, NO_CONSISTENCY,
+                              REWEIGHTED_NEGATIVES, UNWEIGHTED_NEGATIVES)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 SETTINGS = {"in-domain": ["dataset=world_all"], "cross-domain": ["dataset=world_cross"],
@@ -69,15 +70,22 @@ VARIANTS = {  # ours: the ablations, then the full method (last), which is the d
     "dual prompts": ["prompt=dual", "loss=contrastive", *PLAIN],
     "dual + re-weighting": ["prompt=dual", "loss=reweighting", *PLAIN],
     "full (dual + re-weighting + negatives)": [
-        "prompt=dual", "loss=dcar", *PLAIN, "dataset.negatives.k=4"],
+        "prompt=dual", "loss=dcar", *PLAIN, "dataset.negatives.k=4", *UNWEIGHTED_NEGATIVES],
     # + consistency with the frozen CLIP (PromptSRC's weights), chosen on validation across
     # three world settings (benchmarks/results/recipe_search.md)
     "full + frozen-feature consistency": [
-        "prompt=dual", "loss=dcar", *CONSISTENCY, *NO_ADAPTERS, "dataset.negatives.k=4"],
+        "prompt=dual", "loss=dcar", *CONSISTENCY, *NO_ADAPTERS, "dataset.negatives.k=4",
+        *UNWEIGHTED_NEGATIVES],
     # + CLIP-Adapter's feature adapters beside the prompts, one negative (validation, the same
-    # three settings): the default method
+    # three settings)
     "full + consistency + adapters, 1 negative": [
-        "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1"],
+        "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
+        *UNWEIGHTED_NEGATIVES],
+    # + the negative weighted by its image as the positive is, so one weighted text pass over
+    # the positives serves both losses (validation, the same three settings): the default
+    "full + consistency + adapters, 1 re-weighted negative": [
+        "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
+        *REWEIGHTED_NEGATIVES],
 }
 ROWS = {**BASELINES, **VARIANTS}
 FULL = list(VARIANTS)[-1]

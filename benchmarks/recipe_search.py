@@ -31,8 +31,8 @@ import dualprompt
 from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
-from method_overrides import (ADAPTERS, CONSISTENCY, FIRST_SHIPPED, K1, K4,
-                              NO_ADAPTERS, NO_CONSISTENCY)
+from method_overrides import (ADAPTERS, CONSISTENCY, FIRST_SHIPPED, K1, K4, NO_ADAPTERS,
+                              NO_CONSISTENCY, REWEIGHTED_NEGATIVES, UNWEIGHTED_NEGATIVES)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 CACHE = Path(os.environ.get("DUALPROMPT_CACHE", "~/.cache/dualprompt")).expanduser()
@@ -54,7 +54,7 @@ SETTINGS = {
 # 1 negative".
 KGCOOP_TERM = ["loss.image_consistency=0", "loss.logit_consistency=0",  # KgCoOp's weight
                "loss.text_consistency=8.0", "loss.consistency_distance=cosine"]
-CANDIDATES = {
+EARLIER = {  # run before re-weighted negatives existed: pinned to the form they had below
     "ours": FIRST_SHIPPED,
     "ours + adapters": [*NO_CONSISTENCY, *ADAPTERS, *K4],
     "ours + LoRA": [*FIRST_SHIPPED, "prompt.lora_rank=2"],
@@ -81,14 +81,18 @@ CANDIDATES = {
     # CLIP-LoRA's rank-2 LoRA (q, k, v, both towers) beside the prompts and adapters close it?
     "ours + PromptSRC consistency + adapters + LoRA, 1 negative": [
         *CONSISTENCY, *ADAPTERS, *K1, "prompt.lora_rank=2"],
+}
+CANDIDATES = {
+    **{name: list(dict.fromkeys([*overrides, *UNWEIGHTED_NEGATIVES]))
+       for name, overrides in EARLIER.items()},
     # cost: the default encodes each positive twice (weighted for L_con, unweighted beside its
     # negative); weighting the negative by its image too lets one weighted pass serve both
     "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives": [
-        *CONSISTENCY, *ADAPTERS, *K1, "loss.reweight_negatives=true"],
+        *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES],
     # LoRA on both towers raised in-domain image->text but cost transfer text->image (-4);
     # CLIP-LoRA's image side alone, over re-weighted negatives
     "ours + PromptSRC consistency + adapters + image LoRA, 1 negative, re-weighted negatives": [
-        *CONSISTENCY, *ADAPTERS, *K1, "loss.reweight_negatives=true", "prompt.lora_rank=2",
+        *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, "prompt.lora_rank=2",
         "prompt.lora_towers=[image]"],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
