@@ -52,7 +52,8 @@ def markdown(result: dict) -> str:
         f"# Performance ({result['device']}, {result['precision']}, "
         f"{result['threads']} threads, {result['reps']} reps, medians)", "",
         f"{result['model']} ({result['weights']}), {result['batch']['images']} images and "
-        f"{result['batch']['captions']} captions (a positive and 4 negatives each); captions: "
+        f"{result['batch']['captions']} captions (a positive and "
+        f"{result['batch'].get('negatives', 4)} negative(s) each); captions: "
         f"{caps['source']} ({'real FDRD captions' if caps['source'] == 'fdrd' else 'SYNTHETIC: recorded FDRD length distribution, ../shared absent'}), "
         f"token length in the batch mean {caps['batch']['mean']}, median "
         f"{caps['batch']['median']}, max {caps['batch']['max']} (population: mean "
