@@ -118,8 +118,10 @@ def interleaved(meter: Meter, calls: dict[str, Callable[[], object]], reps: int,
 
 
 # -- the three parts ----------------------------------------------------------------------------
-def training(meter: Meter, clip, batch, reps: int) -> dict:
-    modules = {name: wl.prompt_module(clip, opt) for name, opt in wl.PROMPT_VARIANTS.items()}
+def training(meter: Meter, clip, batch, prompt: wl.PromptConfig, loss: wl.LossConfig,
+             reps: int) -> dict:
+    modules = {name: wl.prompt_module(clip, opt, prompt, loss)
+               for name, opt in wl.PROMPT_VARIANTS.items()}
     for module in modules.values():
         module.to(meter.device)
     with meter.autocast:  # the same loss in every variant: the savings are exact
@@ -294,7 +296,7 @@ def main() -> None:
                      "to keep: measure them too")
     stamp = {"git_revision": result["git_revision"], "threads": result["threads"],
              "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    measure = {"training": lambda: training(meter, clip, batch, reps),
+    measure = {"training": lambda: training(meter, clip, batch, prompt, loss, reps),
                "inference": lambda: inference(meter, clip, all_captions, prompt, reps),
                "retrieval": lambda: evaluation(meter, num_images, reps, args.torchmetrics_reps,
                                                args.torchmetrics_chunk)}

@@ -125,10 +125,7 @@ class PromptRetrievalModule(L.LightningModule):
         model, tokens = self.model, batch.tokens
         keys = self._cache_keys(batch)
         if keys is not None and all(k in self._frozen_cache for k in keys):
-            rows = [self._frozen_cache[k] for k in keys]
-            weights = torch.stack([w for w, _ in rows])
-            query = None if rows[0][1] is None else torch.stack([q for _, q in rows])
-            return weights, query, None
+            return (*_stack_cached([self._frozen_cache[k] for k in keys]), None)
         frozen = self._frozen_image(batch, image_features)
         shared = frozen_token_features(model.clip, tokens) if self.share_frozen_text else None
         weights = token_weights(model.clip, tokens, image_features=frozen,
@@ -284,14 +281,10 @@ class PromptRetrievalModule(L.LightningModule):
 
     def _negative_query(self, batch: TrainBatch, tokens: Tensor) -> Tensor:
         """The pool queries of the batch's negatives (`tokens`: those under the mask, in
-        order), from the cache when every one is there. A record's negatives are fixed, so
-        (image index, negative position) keys them."""
-        keys = None
-        if self._cache_keys(batch) is not None:
-            rows, cols = batch.negative_mask.nonzero(as_tuple=True)
-            keys = list(zip(batch.index[rows].tolist(), cols.tolist()))
-            if all(k in self._negative_queries for k in keys):
-                return torch.stack([self._negative_queries[k] for k in keys])
+        order), from the cache when every one is there."""
+        keys = self._negative_keys(batch)
+        if keys is not None and all(k in self._negative_queries for k in keys):
+            return torch.stack([self._negative_queries[k] for k in keys])
         query = self.model.text_query(tokens)
         if keys is not None:
             self._negative_queries.update(zip(keys, query.detach()))
@@ -302,15 +295,11 @@ class PromptRetrievalModule(L.LightningModule):
                                     ) -> tuple[Tensor, Optional[Tensor]]:
         """The token weights (N, L) of the batch's negatives (`tokens`: those under the mask,
         in order), each against its own image, and their pool queries (N, Dq) or None, from
-        the cache when every one is there (keyed as in `_negative_query`)."""
-        rows, cols = batch.negative_mask.nonzero(as_tuple=True)
-        keys = None
-        if self._cache_keys(batch) is not None:
-            keys = list(zip(batch.index[rows].tolist(), cols.tolist()))
-            if all(k in self._negative_frozen for k in keys):
-                cached = [self._negative_frozen[k] for k in keys]
-                query = None if cached[0][1] is None else torch.stack([q for _, q in cached])
-                return torch.stack([w for w, _ in cached]), query
+        the cache when every one is there."""
+        keys = self._negative_keys(batch)
+        if keys is not None and all(k in self._negative_frozen for k in keys):
+            return _stack_cached([self._negative_frozen[k] for k in keys])
+        rows = batch.negative_mask.nonzero(as_tuple=True)[0]
         if frozen_image is None:
             frozen_image = self._frozen_image(batch, image_features)
         model = self.model
@@ -324,6 +313,15 @@ class PromptRetrievalModule(L.LightningModule):
                 (key, (weights[i].detach(), None if query is None else query[i].detach()))
                 for i, key in enumerate(keys))
         return weights, query
+
+    def _negative_keys(self, batch: TrainBatch) -> Optional[list[tuple[int, int]]]:
+        """(image index, negative position) of each negative under the mask, in order, or None
+        when nothing may be cached (`_cache_keys`). A record's negatives are fixed, so these
+        key them."""
+        if self._cache_keys(batch) is None:
+            return None
+        rows, cols = batch.negative_mask.nonzero(as_tuple=True)
+        return list(zip(batch.index[rows].tolist(), cols.tolist()))
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -407,6 +405,13 @@ class PromptRetrievalModule(L.LightningModule):
         config = getattr(self.model, "config", None)
         if config is not None:
             checkpoint["dualprompt_prompt_config"] = config.to_dict()
+
+
+def _stack_cached(rows: list[tuple[Tensor, Optional[Tensor]]]
+                  ) -> tuple[Tensor, Optional[Tensor]]:
+    """Cached per-row (token weights, pool query or None) -> (N, L) weights, (N, Dq) or None."""
+    query = None if rows[0][1] is None else torch.stack([q for _, q in rows])
+    return torch.stack([w for w, _ in rows]), query
 
 
 def _plain_text_features(clip: nn.Module, tokens: Tensor) -> Tensor:
