@@ -31,8 +31,9 @@ import dualprompt
 from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
-from method_overrides import (ADAPTERS, CONSISTENCY, FIRST_SHIPPED, K1, K4, NO_ADAPTERS,
-                              NO_CONSISTENCY, REWEIGHTED_NEGATIVES, UNWEIGHTED_NEGATIVES)
+from method_overrides import (ADAPTERS, CONSISTENCY, EARLY_QUERY, FIRST_SHIPPED, K1, K4,
+                              NO_ADAPTERS, NO_CONSISTENCY, REWEIGHTED_NEGATIVES, TOKEN_QUERY,
+                              UNWEIGHTED_NEGATIVES)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 CACHE = Path(os.environ.get("DUALPROMPT_CACHE", "~/.cache/dualprompt")).expanduser()
@@ -94,6 +95,14 @@ CANDIDATES = {
     "ours + PromptSRC consistency + adapters + image LoRA, 1 negative, re-weighted negatives": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, "prompt.lora_rank=2",
         "prompt.lora_towers=[image]"],
+    # cost: the pool's key is the frozen CLIP's text feature, a second text pass in every
+    # `encode_text` (1.19x open_clip); the mean token embedding of the caption costs none
+    "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives, token-keyed pool": [
+        *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *TOKEN_QUERY],
+    # the token key lost transfer image->text (-2.8, both seeds); the end token's state after
+    # the first third of the frozen text layers has read the whole caption, for a third of the pass
+    "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives, pool keyed on a third of the text layers": [
+        *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *EARLY_QUERY],
 }
 R1 = ("i2t_R@1", "t2i_R@1")
 log = logging.getLogger("benchmarks.recipe_search")

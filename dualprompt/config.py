@@ -54,6 +54,11 @@ class PromptConfig:
     subcategory_length: int = 2
     subcategory_pool_size: int = 8
     subcategory_query: SubcategoryQuery = SubcategoryQuery.FEATURE
+    # The frozen text layers that compute a FEATURE query, as a fraction of the tower's
+    # (ceil(fraction x layers)): 1.0 is the CLIP text feature, a second text pass per caption;
+    # less reads the end token's state after those layers (through ln_final and the
+    # projection), that fraction of the pass.
+    subcategory_query_depth_fraction: float = 1.0
     subcategory_temperature: float = 0.1
     # Layers of the text tower whose input gets fresh attribute vectors (1 = input layer only).
     text_depth: int = 1
@@ -107,6 +112,9 @@ class PromptConfig:
         if self.subcategory_length > 0:
             _check(self.subcategory_pool_size >= 1, "subcategory_pool_size",
                    f"must be >= 1 when subcategory_length > 0, got {self.subcategory_pool_size}")
+        _check(0.0 < self.subcategory_query_depth_fraction <= 1.0,
+               "subcategory_query_depth_fraction",
+               f"must be in (0, 1], got {self.subcategory_query_depth_fraction}")
         _check(self.subcategory_temperature > 0, "subcategory_temperature",
                f"must be > 0, got {self.subcategory_temperature}")
         _check(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
@@ -147,6 +155,10 @@ class PromptConfig:
             _check(self.visual_depth <= self.text_depth, "visual_depth",
                    f"must be <= text_depth ({self.text_depth}) when coupled, "
                    f"got {self.visual_depth}")
+
+    def query_layers(self, text_layers: int) -> int:
+        """The frozen text layers that compute a FEATURE pool query in a tower of this size."""
+        return max(1, math.ceil(self.subcategory_query_depth_fraction * text_layers - 1e-9))
 
     @property
     def text_length(self) -> int:

@@ -81,6 +81,7 @@ class DualPromptCLIP(nn.Module):
         names = _class_name_tokens(config.class_names, tokenizer or open_clip.tokenize)
         self.register_buffer("class_tokens", names, persistent=False)  # (C, n_max), 0-padded
         self.subcategory = None
+        self.query_layers = config.query_layers(tower.layers)
         if config.subcategory_length:
             key_dim = (width if config.subcategory_query == SubcategoryQuery.TOKENS
                        else towers.embed_dim(clip))
@@ -250,7 +251,7 @@ class DualPromptCLIP(nn.Module):
         token_features: (B, L'', D) frozen per-position features of `text`
         (`reweighting.frozen_token_features`): a FEATURE query is read from them at the end
         token instead of running the frozen text tower again (unless a caption is cut to fit
-        the prompts, which changes its tokens).
+        the prompts, which changes its tokens, or the query reads out after fewer layers).
         A tower pooled at the window's last position (SigLIP) is queried on the caption's
         whole window, as open_clip encodes it: cutting the window would move its pooled token.
         """
@@ -261,6 +262,7 @@ class DualPromptCLIP(nn.Module):
         whole = tower.pool_type == "last"
         if (token_features is not None
                 and self.config.subcategory_query == SubcategoryQuery.FEATURE
+                and self.query_layers == tower.layers
                 and (whole or bool((eot < text.shape[1] - self.config.text_length).all()))):
             return token_features[torch.arange(text.shape[0], device=text.device), eot]
         if whole:
@@ -280,7 +282,7 @@ class DualPromptCLIP(nn.Module):
         tokens: (B, L'), eot: (B,). Returns (B, Dq).
         """
         if self.config.subcategory_query == SubcategoryQuery.FEATURE:
-            return towers.text_features(self.clip, tokens, end=eot)
+            return towers.text_features(self.clip, tokens, end=eot, layers=self.query_layers)
         tower = towers.text_tower(self.clip)
         content = towers.content_mask(tower, tokens, eot)  # (B, L')
         emb = tower.token_embedding(tokens) * content.unsqueeze(-1)

@@ -11,6 +11,8 @@ from dualprompt import PromptConfig, SubcategoryQuery
     ({"visual_depth": 0}, "visual_depth"),
     ({"subcategory_pool_size": 0}, "subcategory_pool_size"),
     ({"subcategory_temperature": 0.0}, "subcategory_temperature"),
+    ({"subcategory_query_depth_fraction": 0.0}, "subcategory_query_depth_fraction"),
+    ({"subcategory_query_depth_fraction": 1.5}, "subcategory_query_depth_fraction"),
     ({"init_std": -0.1}, "init_std"),
     ({"attribute_init": "  "}, "attribute_init"),
     ({"coupled": True, "visual_length": 0}, "coupled"),

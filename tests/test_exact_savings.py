@@ -10,7 +10,7 @@ import torch
 from dualprompt import DualPromptCLIP, PromptConfig, token_weights
 from dualprompt.reweighting import blank_image_features, frozen_token_features
 from dualprompt.tokens import length_groups
-from dualprompt.data.datasets import TrainBatch
+from dualprompt.data.datasets import GalleryBatch, TrainBatch
 from dualprompt.training.module import PromptRetrievalModule
 from dualprompt.training.schema import LossConfig
 
@@ -168,3 +168,29 @@ def test_reweighted_negatives_encode_the_positive_once_and_weigh_each_by_its_ima
                                  batch.image[rows], strength=0.5)
         torch.testing.assert_close(negative_weights, expected, atol=1e-5, rtol=1e-4)
         assert not torch.allclose(negative_weights, torch.ones_like(negative_weights))
+
+
+def test_validation_keeps_each_captions_pool_query(tiny_clip, text, monkeypatch):
+    """Validation epochs after the first read each caption's pool query from the cache: no
+    frozen text pass, the same text features; nothing is kept while the CLIP trains."""
+    batch = GalleryBatch(image=torch.randn(3, 3, 32, 32), image_ids=torch.arange(3),
+                         tokens=text, text_ids=torch.arange(len(text)) + 10,
+                         text_image_ids=torch.arange(len(text)) % 3)
+    module = PromptRetrievalModule(_model(tiny_clip), val_domains=["a", "b"])
+    module.validation_step(batch, 0)
+    assert len(module._val_queries) == len(text)
+
+    def no_frozen_pass(*args, **kwargs):
+        raise AssertionError("the frozen text pass ran again")
+    monkeypatch.setattr(module.model, "subcategory_query", no_frozen_pass)
+    module.validation_step(batch, 0)  # the second epoch
+    cached = module.model.encode_text(text, normalize=True,
+                                      query=module._validation_query(batch, 0))
+    monkeypatch.undo()
+    torch.testing.assert_close(cached, module.model.encode_text(text, normalize=True),
+                               atol=1e-5, rtol=1e-4)
+    module.validation_step(batch, 0, 1)  # another loader's captions are its own
+    assert len(module._val_queries) == 2 * len(text)
+
+    tiny_clip.requires_grad_(True)  # full fine-tuning: the query changes every step
+    assert module._validation_query(batch, 0) is None

@@ -93,6 +93,24 @@ def test_subcategory_prompts_depend_on_the_input_not_a_label(tiny_clip, tokenize
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
 
 
+@pytest.mark.parametrize("fraction, layers", [(1.0, 3), (0.5, 2), (0.33, 1)])
+def test_a_feature_query_reads_out_after_its_share_of_the_frozen_layers(tiny_clip, tokenizer,
+                                                                         fraction, layers):
+    """All layers: the CLIP's own text feature; fewer: the end token's state after them."""
+    model = DualPromptCLIP(tiny_clip, PromptConfig(subcategory_query_depth_fraction=fraction))
+    assert model.query_layers == layers
+    tokens = tokenizer(["a Bengal cat on a sofa", "an Egyptian Mau"])
+    with torch.no_grad():
+        x = tiny_clip.token_embedding(tokens) + tiny_clip.positional_embedding
+        for block in tiny_clip.transformer.resblocks[:layers]:
+            x = block(x, attn_mask=tiny_clip.attn_mask)
+        end = tokens.argmax(-1)
+        expected = tiny_clip.ln_final(x)[torch.arange(2), end] @ tiny_clip.text_projection
+    torch.testing.assert_close(model.text_query(tokens), expected, atol=1e-5, rtol=1e-4)
+    if layers == 3:
+        torch.testing.assert_close(expected, tiny_clip.encode_text(tokens), atol=1e-5, rtol=1e-4)
+
+
 def test_fit_to_window_keeps_the_end_token(tokenizer):
     tokens = tokenizer(["word " * 100, "short caption"])
     eot = tokens.argmax(-1)

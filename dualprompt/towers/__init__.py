@@ -103,14 +103,15 @@ def encode_image(visual: nn.Module, images: Tensor, prompts: Sequence[Tensor] = 
 
 
 def text_features(clip: nn.Module, tokens: Tensor, per_position: bool = False,
-                  end: Optional[Tensor] = None) -> Tensor:
+                  end: Optional[Tensor] = None, layers: Optional[int] = None) -> Tensor:
     """Plain CLIP text features from token ids (`encode_text` on any window up to the context
     length that the tower pools exactly; no prompts), optionally at every position.
 
-    tokens: (B, L). Returns (B, D), or (B, L, D) when per_position.
+    tokens: (B, L). layers: read out after the first `layers` blocks (None: all of them).
+    Returns (B, D), or (B, L, D) when per_position.
     """
     tower = text_tower(clip)
-    hidden = text_hidden(tower, tower.token_embedding(tokens))
+    hidden = text_hidden(tower, tower.token_embedding(tokens), layers=layers)
     if per_position:
         return project(tower, hidden)
     return pool(tower, hidden, end_index(tower, tokens) if end is None else end)

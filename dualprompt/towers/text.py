@@ -112,13 +112,15 @@ def content_mask(tower: TextTower, tokens: Tensor, end: Tensor) -> Tensor:
 
 
 def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = (),
-                prompt_start: int = 1, block_deltas: BlockDeltas = None) -> Tensor:
+                prompt_start: int = 1, block_deltas: BlockDeltas = None,
+                layers: Optional[int] = None) -> Tensor:
     """The transformer from token embeddings to per-position states after ``ln_final``.
 
     x: (B, L, W) token embeddings, L <= context length, prompts already inserted.
     deep_prompts[i]: (k, W) or (B, k, W), replaces positions ``prompt_start:prompt_start+k``
         at the input of layer i + 1 (MaPLe-style deep prompts).
     block_deltas[i]: CLIP-LoRA deltas of layer i (None: the frozen weights).
+    layers: run only the first `layers` blocks (None: all), then ``ln_final``.
     Returns (B, L, W).
     """
     seq_len = x.shape[1]
@@ -127,7 +129,7 @@ def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = ()
     attn_mask = tower.attn_mask
     if attn_mask is not None:
         attn_mask = attn_mask[:seq_len, :seq_len]
-    for i, block in enumerate(tower.transformer.resblocks):
+    for i, block in enumerate(tower.transformer.resblocks[:layers]):
         if 0 < i <= len(deep_prompts):
             x = replace(x, deep_prompts[i - 1], prompt_start)
         x = run_block(block, x, block_deltas[i] if block_deltas else None, attn_mask=attn_mask)

@@ -39,7 +39,8 @@ class PromptRetrievalModule(L.LightningModule):
         consistency terms, functions of the frozen CLIP and the (un-augmented) image and
         caption only, after their first computation: later epochs skip the frozen text and
         image passes (exact to float rounding: a batch's padding
-        differs from epoch to epoch).
+        differs from epoch to epoch). The prompt-pool query of each validation caption is
+        kept too, so each validation epoch after the first skips its frozen text pass.
     """
 
     def __init__(self, model: nn.Module, *, loss: Optional[LossConfig] = None,
@@ -57,6 +58,8 @@ class PromptRetrievalModule(L.LightningModule):
         self._negative_frozen: dict[tuple[int, int], tuple[Tensor, Optional[Tensor]]] = {}
         # (image, caption) -> the frozen CLIP's caption and image features (consistency terms)
         self._consistency_cache: dict[tuple[int, int], tuple[Optional[Tensor], ...]] = {}
+        # (validation loader, text id) -> the caption's prompt-pool query
+        self._val_queries: dict[tuple[int, int], Tensor] = {}
         self.loss_cfg = loss or LossConfig()
         self.optim_cfg = optim or OptimConfig()
         self.val_domains, self.test_domains = list(val_domains), list(test_domains)
@@ -355,15 +358,33 @@ class PromptRetrievalModule(L.LightningModule):
                      "sigmoid loss (loss.kind=infonce to override)")
 
     # -- evaluation ----------------------------------------------------------------------
-    def _embed(self, batch: GalleryBatch, metric: RetrievalRecall) -> None:
+    def _embed(self, batch: GalleryBatch, metric: RetrievalRecall,
+               query: Optional[Tensor] = None) -> None:
         image_features = self.model.encode_image(batch.image, normalize=True)
-        text_features = self.model.encode_text(batch.tokens, normalize=True)
+        if query is None:
+            text_features = self.model.encode_text(batch.tokens, normalize=True)
+        else:
+            text_features = self.model.encode_text(batch.tokens, normalize=True, query=query)
         metric.update(image_features.float(), batch.image_ids, text_features.float(),
                       batch.text_ids, batch.text_image_ids)
 
     def validation_step(self, batch: GalleryBatch, batch_idx: int,
                         dataloader_idx: int = 0) -> None:
-        self._embed(batch, self.val_metrics[dataloader_idx])
+        self._embed(batch, self.val_metrics[dataloader_idx],
+                    self._validation_query(batch, dataloader_idx))
+
+    def _validation_query(self, batch: GalleryBatch, dataloader_idx: int) -> Optional[Tensor]:
+        """The (M, Dq) prompt-pool queries of a validation batch's captions, kept by text id
+        while the CLIP is frozen (`cache_frozen`); None: `encode_text` computes them."""
+        if (not self.cache_frozen or getattr(self.model, "subcategory", None) is None
+                or self._clip_trains()):
+            return None
+        keys = [(dataloader_idx, i) for i in batch.text_ids.tolist()]
+        if all(k in self._val_queries for k in keys):
+            return torch.stack([self._val_queries[k] for k in keys])
+        query = self.model.text_query(batch.tokens)
+        self._val_queries.update(zip(keys, query))
+        return query
 
     def test_step(self, batch: GalleryBatch, batch_idx: int,
                   dataloader_idx: int = 0) -> None:
