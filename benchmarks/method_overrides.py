@@ -12,12 +12,12 @@ K4, K1 = ["dataset.negatives.k=4"], ["dataset.negatives.k=1"]
 # weighted positive of L_con against negatives weighted by their own image
 UNWEIGHTED_NEGATIVES = ["loss.reweight_negatives=false"]
 REWEIGHTED_NEGATIVES = ["loss.reweight_negatives=true"]
-# the subcategory pool's key: the frozen CLIP's text feature of the caption (a second text pass
-# at inference), the mean of its token embeddings (no pass), or the end token's state after the
-# first third of the frozen text layers (a third of the pass)
-FEATURE_QUERY = ["prompt.subcategory_query=feature", "prompt.subcategory_query_depth_fraction=1"]
+# cheaper keys of the subcategory pool than the default's frozen CLIP text feature of the
+# caption (a second text pass at inference): the mean of its token embeddings (no pass), or the
+# end token's state after the first third of the frozen text layers (a third of the pass)
 TOKEN_QUERY = ["prompt.subcategory_query=tokens"]
-EARLY_QUERY = ["prompt.subcategory_query=feature", "prompt.subcategory_query_depth_fraction=0.33"]
+EARLY_QUERY = ["prompt.subcategory_query=feature",
+               "prompt.subcategory_query_depth_fraction=0.33"]
 # the full method as first shipped: dual prompts, re-weighting, category-aware negatives (K = 4),
 # no consistency terms, no adapters
 FIRST_SHIPPED = [*NO_CONSISTENCY, *NO_ADAPTERS, *K4, *UNWEIGHTED_NEGATIVES]

@@ -97,11 +97,14 @@ CANDIDATES = {
         "prompt.lora_towers=[image]"],
     # cost: the pool's key is the frozen CLIP's text feature, a second text pass in every
     # `encode_text` (1.19x open_clip); the mean token embedding of the caption costs none
-    "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives, token-keyed pool": [
+    "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives, "
+    "token-keyed pool": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *TOKEN_QUERY],
     # the token key lost transfer image->text (-2.8, both seeds); the end token's state after
-    # the first third of the frozen text layers has read the whole caption, for a third of the pass
-    "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives, pool keyed on a third of the text layers": [
+    # the first third of the frozen text layers has read the whole caption, for a third of
+    # the pass
+    "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives, "
+    "pool keyed on a third of the text layers": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *EARLY_QUERY],
 }
 R1 = ("i2t_R@1", "t2i_R@1")

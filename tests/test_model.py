@@ -94,8 +94,8 @@ def test_subcategory_prompts_depend_on_the_input_not_a_label(tiny_clip, tokenize
 
 
 @pytest.mark.parametrize("fraction, layers", [(1.0, 3), (0.5, 2), (0.33, 1)])
-def test_a_feature_query_reads_out_after_its_share_of_the_frozen_layers(tiny_clip, tokenizer,
-                                                                         fraction, layers):
+def test_a_feature_query_reads_out_after_its_share_of_the_frozen_layers(
+        tiny_clip, tokenizer, fraction, layers):
     """All layers: the CLIP's own text feature; fewer: the end token's state after them."""
     model = DualPromptCLIP(tiny_clip, PromptConfig(subcategory_query_depth_fraction=fraction))
     assert model.query_layers == layers
