@@ -96,7 +96,7 @@ CANDIDATES = {
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, "prompt.lora_rank=2",
         "prompt.lora_towers=[image]"],
     # cost: the pool's key is the frozen CLIP's text feature, a second text pass in every
-    # `encode_text` (1.19x open_clip); the mean token embedding of the caption costs none
+    # `encode_text`; the mean token embedding of the caption costs none
     "ours + PromptSRC consistency + adapters, 1 negative, re-weighted negatives, "
     "token-keyed pool": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *TOKEN_QUERY],

@@ -285,12 +285,17 @@ class PromptRetrievalModule(L.LightningModule):
     def _negative_query(self, batch: TrainBatch, tokens: Tensor) -> Tensor:
         """The pool queries of the batch's negatives (`tokens`: those under the mask, in
         order), from the cache when every one is there."""
-        keys = self._negative_keys(batch)
-        if keys is not None and all(k in self._negative_queries for k in keys):
-            return torch.stack([self._negative_queries[k] for k in keys])
+        return self._cached_query(self._negative_queries, self._negative_keys(batch), tokens)
+
+    def _cached_query(self, cache: dict[tuple[int, int], Tensor],
+                      keys: Optional[list[tuple[int, int]]], tokens: Tensor) -> Tensor:
+        """The pool queries of `tokens`, one per key: from `cache` when every key is there,
+        else computed and kept under `keys` (None: nothing is kept)."""
+        if keys is not None and all(k in cache for k in keys):
+            return torch.stack([cache[k] for k in keys])
         query = self.model.text_query(tokens)
         if keys is not None:
-            self._negative_queries.update(zip(keys, query.detach()))
+            cache.update(zip(keys, query.detach()))
         return query
 
     def _negative_weights_and_query(self, batch: TrainBatch, tokens: Tensor,
@@ -380,11 +385,7 @@ class PromptRetrievalModule(L.LightningModule):
                 or self._clip_trains()):
             return None
         keys = [(dataloader_idx, i) for i in batch.text_ids.tolist()]
-        if all(k in self._val_queries for k in keys):
-            return torch.stack([self._val_queries[k] for k in keys])
-        query = self.model.text_query(batch.tokens)
-        self._val_queries.update(zip(keys, query))
-        return query
+        return self._cached_query(self._val_queries, keys, batch.tokens)
 
     def test_step(self, batch: GalleryBatch, batch_idx: int,
                   dataloader_idx: int = 0) -> None:
