@@ -16,7 +16,7 @@ from dualprompt.loading import load_clip
 from dualprompt.training.classification import CLIP_TEMPLATE, templates_for
 from dualprompt.training.schema import (DataLoaderConfig, DatasetConfig, EvaluateConfig,
                                         ModelConfig, TrainerConfig)
-from tests.conftest import TINY_CFG, TINY_NAME, write_prompt_file, write_tiny_model
+from tests.conftest import TINY_NAME, write_prompt_file, write_tiny_model
 from tests.test_custom_data import catalogue  # noqa: F401  (module fixture)
 from tests.toy_data import CLASSES
 

@@ -23,7 +23,6 @@ The `webdataset` package reads the tars; dualprompt adds what a retrieval run ne
 from __future__ import annotations
 
 import io
-import json
 import logging
 import random
 from pathlib import Path
