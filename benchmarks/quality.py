@@ -279,7 +279,7 @@ def _size(n: float) -> str:
         n /= 1024
 
 
-def plot(summary: dict, path: Path, ceilings: dict) -> None:
+def plot(summary: dict, path: Path, ceilings: dict, seeds: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -293,8 +293,10 @@ def plot(summary: dict, path: Path, ceilings: dict) -> None:
             if ceilings.get(setting):
                 ax.axhline(ceilings[setting][m], ls="--", lw=1, color=bars.patches[0].get_facecolor(),
                            label=f"{m} task ceiling")
-        ax.set_xticks(range(len(names)), [n.replace(" (dual + re-weighting + negatives)", "")
-                                          for n in names], rotation=35, ha="right", fontsize=8)
+        labels = [n.replace(" (dual + re-weighting + negatives)", "")  # fewer seeds: marked
+                  + (f" ({rows[n]['n']} of {seeds} seeds)" if n != "zero-shot"
+                     and rows[n]["n"] != seeds else "") for n in names]
+        ax.set_xticks(range(len(names)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{setting}: test R@1 (%)")
         ax.legend()
     fig.tight_layout()
@@ -349,7 +351,7 @@ def main() -> None:
                     report_git_revision=git_revision())
     write_json(args.out / f"{prefix}.json", {"meta": meta, "summary": summary})
     (args.out / f"{prefix}.md").write_text(markdown(summary, meta))
-    plot(summary, args.out / f"{prefix}.png", meta["ceiling"])
+    plot(summary, args.out / f"{prefix}.png", meta["ceiling"], len(args.seeds))
     print((args.out / f"{prefix}.md").read_text())
 
 
