@@ -1,9 +1,6 @@
 """Two CPU processes (gloo) against one: the gathered loss, its gradients, and Recall@K."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import open_clip
 import pytest
 import torch
@@ -14,7 +11,7 @@ import torch.nn.functional as F
 from dualprompt import DualPromptCLIP, PromptConfig, contrastive_loss, gathered_contrastive_loss
 from dualprompt.metrics import retrieval_metrics
 from dualprompt.training.retrieval_metric import RetrievalRecall
-from tests.conftest import TINY_CFG, TINY_NAME
+from tests.conftest import TINY_NAME
 
 CONFIG = PromptConfig(attribute_length=2, subcategory_length=2, visual_length=2, text_depth=2)
 GLOBAL_BATCH = 8

@@ -78,7 +78,7 @@ def write_hydra_configs(conf: Path, data_root: Path, model_config: Path,
     """A user's own config dir (hydra.searchpath) with dataset=toy and model=tiny."""
     (conf / "dataset").mkdir(parents=True, exist_ok=True)
     (conf / "model").mkdir(parents=True, exist_ok=True)
-    lines = [f"name: toy", f"root: {data_root}", "val_fraction: 0.25", "domains:"]
+    lines = ["name: toy", f"root: {data_root}", "val_fraction: 0.25", "domains:"]
     lines += [f"  {d}: {{train: {d}/train.json, test: {d}/test.json, images: {d}/images}}"
               for d in domains]
     lines += [f"train_domains: [{domains[0]}]", f"test_domains: [{', '.join(domains)}]"]
