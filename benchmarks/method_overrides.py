@@ -7,6 +7,11 @@ CONSISTENCY = ["loss.text_consistency=25", "loss.image_consistency=10",  # Promp
                "loss.logit_consistency=1", "loss.consistency_distance=l1"]
 NO_ADAPTERS = ["prompt.image_adapter_ratio=0", "prompt.text_adapter_ratio=0"]
 ADAPTERS = ["prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"]  # CLIP-Adapter's
+# CLIP-LoRA's LoRA (rank 2 on q, k, v) beside the prompts, in its own parameter group at 3x
+# the prompts' lr, as tuned CLIP-LoRA chose on validation (benchmarks/results/quality_tuned.md):
+# 9e-3 beside experiment=world's 3e-3 (the first runs set it as `optim.lora_lr=0.009`, before
+# the switch became a scale)
+LORA_9E3 = ["prompt.lora_rank=2", "optim.lora_lr_scale=3"]
 K4, K1 = ["dataset.negatives.k=4"], ["dataset.negatives.k=1"]
 # L_cate's positive: an unweighted copy beside unweighted negatives (as first shipped), or the
 # weighted positive of L_con against negatives weighted by their own image

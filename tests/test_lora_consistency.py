@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 from dualprompt import (DualPromptCLIP, PromptConfig, feature_consistency, load_prompts,
                         logit_consistency)
 from dualprompt.training.callbacks import GaussianPromptAggregation
+from dualprompt.training.module import PromptRetrievalModule
+from dualprompt.training.schema import OptimConfig, Optimizer
 from tests.conftest import make_tiny_clip
 
 LORA = PromptConfig(attribute_length=0, subcategory_length=0, visual_length=0, lora_rank=2,
@@ -140,3 +143,37 @@ def test_the_consistency_terms_frozen_caption_features_are_open_clips(tiny_clip,
     with torch.no_grad():
         torch.testing.assert_close(_plain_text_features(tiny_clip, tokens),
                                    tiny_clip.encode_text(tokens), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_lora_trains_at_its_own_lr_on_the_prompts_schedule(tiny_clip, scale):
+    model = DualPromptCLIP(tiny_clip, PromptConfig(attribute_length=2, subcategory_length=0,
+                                                   visual_length=2, lora_rank=2))
+    module = PromptRetrievalModule(model, optim=OptimConfig(
+        name=Optimizer.adamw, lr=3e-3, lora_lr_scale=scale, warmup_steps=2, warmup_lr=1e-5))
+    module.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False, enable_model_summary=False)
+    setup = module.configure_optimizers()
+    opt, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    lora = {id(p) for m in (model.text_lora, model.image_lora) for p in m.parameters()}
+    groups = opt.param_groups
+    trained = [p for g in groups for p in g["params"]]
+    assert sorted(map(id, trained)) == sorted(
+        id(p) for p in model.parameters() if p.requires_grad)  # each trainable tensor once
+    if scale == 1.0:
+        assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(1e-5)
+        return
+    assert [{id(p) in lora for p in g["params"]} for g in groups] == [{False}, {True}]
+    for step in range(6):  # warm-up, then cosine: the same factor on both groups
+        assert groups[1]["lr"] / groups[0]["lr"] == pytest.approx(scale)
+        opt.step()
+        scheduler.step()
+    assert groups[0]["lr"] < 3e-3 and groups[1]["lr"] < 9e-3
+
+
+def test_lora_lr_scale_must_be_positive(tiny_clip):
+    model = DualPromptCLIP(tiny_clip, PromptConfig(visual_length=0, lora_rank=2))
+    module = PromptRetrievalModule(model, optim=OptimConfig(lora_lr_scale=0.0))
+    module.trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="optim.lora_lr_scale"):
+        module.configure_optimizers()

@@ -321,6 +321,7 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup_lr: float = 1e-5  # constant lr during warm-up (CoOp), then cosine from `lr`
     min_lr: float = 0.0
+    lora_lr_scale: float = 1.0  # the LoRA tensors train at lr x this, on the same schedule
 
 
 @dataclass
