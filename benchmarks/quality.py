@@ -36,7 +36,7 @@ from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 from dualprompt.world.ceiling import ceiling
-from method_overrides import (ADAPTERS, CONSISTENCY, NO_ADAPTERS, NO_CONSISTENCY,
+from method_overrides import (ADAPTERS, CONSISTENCY, LORA_9E3, NO_ADAPTERS, NO_CONSISTENCY,
                               REWEIGHTED_NEGATIVES, UNWEIGHTED_NEGATIVES)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
@@ -82,10 +82,15 @@ VARIANTS = {  # ours: the ablations, then the full method (last), which is the d
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
         *UNWEIGHTED_NEGATIVES],
     # + the negative weighted by its image as the positive is, so one weighted text pass over
-    # the positives serves both losses (validation, the same three settings): the default
+    # the positives serves both losses (validation, the same three settings)
     "full + consistency + adapters, 1 re-weighted negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
         *REWEIGHTED_NEGATIVES],
+    # + CLIP-LoRA's rank-2 LoRA (q, k, v, both towers) at 3x the prompts' lr (validation, four
+    # world settings): the default
+    "full + consistency + adapters + LoRA, 1 re-weighted negative": [
+        "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
+        *REWEIGHTED_NEGATIVES, *LORA_9E3],
 }
 ROWS = {**BASELINES, **VARIANTS}
 FULL = list(VARIANTS)[-1]
