@@ -37,7 +37,7 @@ from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 from dualprompt.world.ceiling import ceiling
 from method_overrides import (ADAPTERS, CONSISTENCY, LORA_9E3, NO_ADAPTERS, NO_CONSISTENCY,
-                              REWEIGHTED_NEGATIVES, UNWEIGHTED_NEGATIVES)
+                              NO_LORA, REWEIGHTED_NEGATIVES, UNWEIGHTED_NEGATIVES)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 SETTINGS = {"in-domain": ["dataset=world_all"], "cross-domain": ["dataset=world_cross"],
@@ -62,8 +62,9 @@ BASELINES = {  # name -> overrides; "zero-shot" is read from the first run's zer
     "full fine-tuning": ["method=full_finetune", "optim.lr=1e-3"],
 }
 # Each row of ours spells out what it holds, so that its label stays true as the default
-# moves (the committed rows ran before adapters, one negative and consistency were defaults).
-PLAIN = [*NO_CONSISTENCY, *NO_ADAPTERS]
+# moves (the committed rows ran before adapters, one negative, consistency and LoRA were
+# defaults).
+PLAIN = [*NO_CONSISTENCY, *NO_ADAPTERS, *NO_LORA]
 VARIANTS = {  # ours: the ablations, then the full method (last), which is the default
     "text prompts": ["prompt=text", "loss=contrastive", *PLAIN],
     "visual prompts": ["prompt=visual", "loss=contrastive", *PLAIN],
@@ -75,17 +76,17 @@ VARIANTS = {  # ours: the ablations, then the full method (last), which is the d
     # three world settings (benchmarks/results/recipe_search.md)
     "full + frozen-feature consistency": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *NO_ADAPTERS, "dataset.negatives.k=4",
-        *UNWEIGHTED_NEGATIVES],
+        *UNWEIGHTED_NEGATIVES, *NO_LORA],
     # + CLIP-Adapter's feature adapters beside the prompts, one negative (validation, the same
     # three settings)
     "full + consistency + adapters, 1 negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
-        *UNWEIGHTED_NEGATIVES],
+        *UNWEIGHTED_NEGATIVES, *NO_LORA],
     # + the negative weighted by its image as the positive is, so one weighted text pass over
     # the positives serves both losses (validation, the same three settings)
     "full + consistency + adapters, 1 re-weighted negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
-        *REWEIGHTED_NEGATIVES],
+        *REWEIGHTED_NEGATIVES, *NO_LORA],
     # + CLIP-LoRA's rank-2 LoRA (q, k, v, both towers) at 3x the prompts' lr (validation, four
     # world settings): the default
     "full + consistency + adapters + LoRA, 1 re-weighted negative": [

@@ -16,9 +16,11 @@ pytestmark = pytest.mark.slow  # every method through the CLI: ~3 min on 2 cores
 # the tiny model has 3 layers per tower: the presets' depth fractions (VPT-deep 1.0, MaPLe and
 # PromptSRC 0.75) give 3 there, as their 12 and 9 on ViT-B
 ADAPTERS = {f"model.{side}_adapter.mlp.{i}.weight" for side in ("image", "text") for i in (0, 2)}
+LORA = {f"model.{side}_lora.{m}" for side in ("image", "text") for m in "ab"}
 METHODS = {
     "dualprompt": ([], {"model.attribute.vectors", "model.subcategory.vectors",
-                        "model.subcategory.keys", "model.visual_prompts.vectors", *ADAPTERS}),
+                        "model.subcategory.keys", "model.visual_prompts.vectors", *ADAPTERS,
+                        *LORA}),
     "coop": ([], {"model.attribute.vectors"}),
     "coop_csc": ([], {"model.attribute.vectors"}),
     "vpt": ([], {"model.visual_prompts.vectors"}),
@@ -27,7 +29,7 @@ METHODS = {
               {"model.attribute.vectors", *(f"model.visual_prompts.coupling.{i}.{p}"
                                             for i in range(3) for p in ("weight", "bias"))}),
     "clip_adapter": ([], ADAPTERS),
-    "clip_lora": ([], {f"model.{side}_lora.{m}" for side in ("image", "text") for m in "ab"}),
+    "clip_lora": ([], LORA),
     "kgcoop": ([], {"model.attribute.vectors"}),
     "promptsrc": ([], {"model.attribute.vectors", "model.visual_prompts.vectors"}),
 }

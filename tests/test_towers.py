@@ -173,13 +173,14 @@ def test_the_default_method_falls_back_to_text_prompts_on_a_resnet_with_one_log_
     clip = open_clip.model.CLIP(32, CLIPVisionCfg(layers=[1, 1, 1, 1], width=16, image_size=64),
                                 CLIPTextCfg(width=64, heads=2, layers=1)).eval()
     loaded = LoadedClip(clip, None, None, open_clip.tokenize, "tiny-rn")
-    config = PromptConfig(attribute_init=None)
+    config = PromptConfig(attribute_init=None, lora_rank=2)  # LoRA on both towers
     with caplog.at_level("WARNING", logger="dualprompt.training.methods"):
         model = PromptTuning().build_model(loaded, config, ModelConfig(), [],
                                            visual_optional=True)
     assert model.visual_prompts is None and model.attribute is not None
+    assert model.image_lora is None and model.text_lora is not None
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and "ModifiedResNet takes no visual prompts" in lines[0]
+    assert len(lines) == 1 and "ModifiedResNet takes no visual prompts or LoRA" in lines[0]
     with pytest.raises(NotImplementedError, match="ModifiedResNet"):  # VPT, MaPLe: refused
         PromptTuning().build_model(loaded, config, ModelConfig(), [])
 

@@ -40,13 +40,17 @@ class PromptTuning:
 
     def build_model(self, clip: LoadedClip, prompt: PromptConfig, model: ModelConfig,
                     class_names: list[str], visual_optional: bool = False) -> DualPromptCLIP:
-        if visual_optional and prompt.visual_length and not towers.takes_visual_prompts(
-                clip.model):
-            log.warning("%s: the image tower %s takes no visual prompts; training the text "
-                        "prompts only (method.visual_optional=true)", clip.name,
+        image_lora = prompt.lora_rank and "image" in prompt.lora_towers
+        if (visual_optional and (prompt.visual_length or image_lora)
+                and not towers.takes_visual_prompts(clip.model)):
+            log.warning("%s: the image tower %s takes no visual prompts or LoRA; training the "
+                        "text side only (method.visual_optional=true)", clip.name,
                         type(clip.model.visual).__name__)
-            prompt = dataclasses.replace(prompt, visual_length=0, visual_depth=1,
-                                         visual_depth_fraction=None, coupled=False)
+            text_lora = [t for t in prompt.lora_towers if t != "image"]
+            prompt = dataclasses.replace(
+                prompt, visual_length=0, visual_depth=1, visual_depth_fraction=None,
+                coupled=False, lora_rank=prompt.lora_rank if text_lora else 0,
+                lora_towers=text_lora or ["text"])
         if class_names:
             prompt = dataclasses.replace(prompt, class_names=class_names)
         return DualPromptCLIP(clip.model, prompt, tokenizer=clip.tokenizer,
