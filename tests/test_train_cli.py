@@ -67,10 +67,11 @@ def test_train_writes_results_checkpoint_and_prompt_file_then_resumes(toy, tiny_
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1
     adapters = {f"model.{tower}_adapter.mlp.{i}.weight" for tower in ("image", "text")
-                for i in (0, 2)}  # the default method's feature adapters
+                for i in (0, 2)}  # the default method's feature adapters and LoRA
+    lora = {f"model.{tower}_lora.{m}" for tower in ("image", "text") for m in "ab"}
     assert set(ckpt["state_dict"]) == {"model.attribute.vectors", "model.subcategory.vectors",
                                        "model.subcategory.keys", "model.visual_prompts.vectors",
-                                       *adapters}
+                                       *adapters, *lora}
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
 
     # the exported prompt file loads onto the same base weights and gives the test numbers back
