@@ -23,7 +23,7 @@ REWEIGHTED_NEGATIVES = ["loss.reweight_negatives=true"]
 TOKEN_QUERY = ["prompt.subcategory_query=tokens"]
 EARLY_QUERY = ["prompt.subcategory_query=feature",
                "prompt.subcategory_query_depth_fraction=0.33"]
-# no LoRA beside the prompts (the default has it since rows were run without it)
+# no LoRA beside the prompts: the rows run before LoRA joined the default
 NO_LORA = ["prompt.lora_rank=0", "optim.lora_lr_scale=1"]
 # the full method as first shipped: dual prompts, re-weighting, category-aware negatives (K = 4),
 # no consistency terms, no adapters, no LoRA

@@ -83,6 +83,8 @@ EARLIER = {  # run before re-weighted negatives existed: pinned to the form they
     "ours + PromptSRC consistency + adapters + LoRA, 1 negative": [
         *CONSISTENCY, *ADAPTERS, *K1, "prompt.lora_rank=2"],
 }
+
+
 def _without_lora(overrides: list[str]) -> list[str]:
     """A candidate of ours run before LoRA joined the default stays without it, unless it adds
     LoRA; a baseline (`method=`) keeps its own."""

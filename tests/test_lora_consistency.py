@@ -164,7 +164,7 @@ def test_lora_trains_at_its_own_lr_on_the_prompts_schedule(tiny_clip, scale):
         assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(1e-5)
         return
     assert [{id(p) in lora for p in g["params"]} for g in groups] == [{False}, {True}]
-    for step in range(6):  # warm-up, then cosine: the same factor on both groups
+    for _ in range(6):  # warm-up, then cosine: the same factor on both groups
         assert groups[1]["lr"] / groups[0]["lr"] == pytest.approx(scale)
         opt.step()
         scheduler.step()
