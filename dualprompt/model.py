@@ -108,6 +108,9 @@ class DualPromptCLIP(nn.Module):
             self.image_lora = LowRankAttention(
                 towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
                 config.lora_alpha, config.lora_targets)
+        # frozen weights + deltas: merged per call while training, kept while they don't change
+        self._text_lora_weights = towers.LoRAWeights()
+        self._image_lora_weights = towers.LoRAWeights()
         log.info("DualPromptCLIP: %d trainable parameters (%s)", self.num_trainable_parameters(),
                  config.to_json())
 
@@ -162,8 +165,9 @@ class DualPromptCLIP(nn.Module):
         prompts, deep = self._text_prompts(tokens, eot, query)
         if prompts is not None:
             x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)  # (B, L'+n, W)
-        lora = self.text_lora() if self.text_lora is not None else None
-        hidden = towers.text_hidden(tower, x, deep, prompt_start=1, block_deltas=lora)
+        lora = (self._text_lora_weights(self.text_lora, towers.text_blocks(self.clip))
+                if self.text_lora is not None else None)
+        hidden = towers.text_hidden(tower, x, deep, prompt_start=1, block_weights=lora)
         return towers.pool(tower, hidden, eot + n_prompt)  # (B, D)
 
     def _by_length(self, fn: Callable[..., Tensor], text: Tensor,
@@ -184,8 +188,9 @@ class DualPromptCLIP(nn.Module):
         if self.visual_prompts is not None:
             text_vectors = self.attribute() if self.config.coupled else None
             prompts = self.visual_prompts(text_vectors)
-        lora = self.image_lora() if self.image_lora is not None else None
-        features = towers.encode_image(self.clip.visual, image, prompts, block_deltas=lora)
+        lora = (self._image_lora_weights(self.image_lora, towers.vision_blocks(self.clip))
+                if self.image_lora is not None else None)
+        features = towers.encode_image(self.clip.visual, image, prompts, block_weights=lora)
         if self.image_adapter is not None:
             features = self.image_adapter(features)
         return F.normalize(features, dim=-1) if normalize else features

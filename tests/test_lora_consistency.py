@@ -57,6 +57,33 @@ def test_lora_trains_only_its_tensors_and_leaves_the_clip_untouched(tiny_clip, b
                                    atol=0, rtol=0)
 
 
+def test_lora_is_merged_once_for_inference_and_again_when_it_changes(tiny_clip, batch):
+    """Without grad the merged weights are kept: the deltas are made once for many calls, and
+    made afresh (same numbers as a merge inside the graph) after the LoRA tensors change."""
+    images, tokens = batch
+    model = DualPromptCLIP(tiny_clip, LORA)
+    merges = []
+    model.image_lora.register_forward_hook(lambda *_: merges.append(1))
+    with torch.no_grad():
+        model.image_lora.b.normal_(std=0.05)
+        first = model.encode_image(images)
+        again = model.encode_image(images)
+    assert len(merges) == 1
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    with torch.no_grad():
+        model.image_lora.b.mul_(2.0)  # as an optimizer step does: in place
+        changed = model.encode_image(images)
+    assert len(merges) == 2 and (changed - first).abs().max() > 1e-3
+    in_graph = model.encode_image(images)  # grad on: merged inside the graph, every call
+    in_graph.sum().backward()
+    assert len(merges) == 3 and model.image_lora.b.grad is not None
+    torch.testing.assert_close(changed, in_graph.detach(), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        tiny_clip.visual.transformer.resblocks[0].attn.in_proj_weight.mul_(0.5)  # frozen moved
+        model.encode_image(images)
+    assert len(merges) == 4
+
+
 def test_lora_on_one_tower_leaves_the_other_frozen(tiny_clip, batch, tmp_path):
     images, tokens = batch
     model = DualPromptCLIP(tiny_clip, PromptConfig(

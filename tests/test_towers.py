@@ -8,6 +8,7 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 
 from dualprompt import DualPromptCLIP, PromptConfig, base_fingerprint, towers
+from dualprompt.towers.blocks import lora_weights
 from tests.conftest import EVA_TINY, SIGLIP_TINY
 
 OFF = PromptConfig(attribute_length=0, subcategory_length=0, visual_length=0)
@@ -139,7 +140,8 @@ def test_lora_on_timm_blocks_equals_patched_weights(other_layout_configs, name):
             block.attn.qkv.weight += torch.cat([d["q"], d["k"], d["v"]])
             block.attn.proj.weight += d["o"]
         expected = patched(images)
-        ours = towers.encode_image(clip.visual, images, (), block_deltas=deltas)
+        ours = towers.encode_image(clip.visual, images, (), block_weights=[
+            lora_weights(b, d) for b, d in zip(trunk.blocks, deltas)])
     assert _moved(ours, expected) < 1e-5
     assert _moved(ours, clip.encode_image(images)) > 1e-3
 

@@ -7,7 +7,7 @@ tests ran on:
 - `text`: the text towers of `CLIP` and of `CustomTextCLIP` (open_clip's `TextTransformer`);
 - `open_clip_vit`: open_clip's `VisionTransformer`;
 - `timm_vit`: timm `VisionTransformer` and `Eva` inside open_clip's `TimmModel`;
-- `blocks`: a transformer block with CLIP-LoRA deltas.
+- `blocks`: a transformer block run with CLIP-LoRA's deltas (`LoRAWeights`).
 Any other image tower (ResNet, ConvNeXt, ...) runs as open_clip runs it and takes no visual
 prompts or LoRA (`takes_visual_prompts`).
 """
@@ -21,14 +21,14 @@ from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
 
 from . import open_clip_vit, timm_vit
-from .blocks import BlockDeltas, run_block
+from .blocks import BlockWeights, LoRAWeights, run_block
 from .text import (TextTower, content_mask, end_index, output_dim, pool, project, text_hidden,
                    text_tower)
 
-__all__ = ["BlockDeltas", "TextTower", "content_mask", "embed_dim", "encode_image", "end_index",
+__all__ = ["BlockWeights", "LoRAWeights", "TextTower", "content_mask", "embed_dim", "encode_image", "end_index",
            "image_size", "is_clip_vit", "pool", "project", "run_block", "takes_visual_prompts",
-           "text_features", "text_hidden", "text_layers", "text_tower", "text_width",
-           "vision_layers", "vision_width"]
+           "text_blocks", "text_features", "text_hidden", "text_layers", "text_tower",
+           "text_width", "vision_blocks", "vision_layers", "vision_width"]
 
 
 def _vit_family(visual: nn.Module):
@@ -67,6 +67,10 @@ def text_layers(clip: nn.Module) -> int:
     return text_tower(clip).layers
 
 
+def text_blocks(clip: nn.Module) -> nn.ModuleList:
+    return text_tower(clip).transformer.resblocks
+
+
 def text_width(clip: nn.Module) -> int:
     return text_tower(clip).width
 
@@ -75,6 +79,12 @@ def vision_layers(clip: nn.Module) -> Optional[int]:
     """Transformer blocks of the image tower; None for a tower without them (ResNet)."""
     family = _vit_family(clip.visual)
     return family.layers(clip.visual) if family is not None else None
+
+
+def vision_blocks(clip: nn.Module) -> Sequence[nn.Module]:
+    """The image tower's transformer blocks, in order (a ViT's; raises for any other)."""
+    family, visual = _vit(clip, "visual prompts and image-tower LoRA")
+    return family.blocks(visual)
 
 
 def vision_width(clip: nn.Module) -> int:
@@ -93,13 +103,13 @@ def image_size(clip: nn.Module) -> tuple[int, int]:
 
 
 def encode_image(visual: nn.Module, images: Tensor, prompts: Sequence[Tensor] = (),
-                 block_deltas: BlockDeltas = None) -> Tensor:
+                 block_weights: BlockWeights = None) -> Tensor:
     """The image tower's (B, D) features, with visual prompts and LoRA deltas if given;
     without them, the tower as open_clip runs it (any tower)."""
-    if not len(prompts) and not block_deltas:
+    if not len(prompts) and not block_weights:
         return visual(images)
     family, visual = _vit(visual, "visual prompts and image-tower LoRA")
-    return family.encode(visual, images, prompts, block_deltas)
+    return family.encode(visual, images, prompts, block_weights)
 
 
 def text_features(clip: nn.Module, tokens: Tensor, per_position: bool = False,

@@ -3,7 +3,9 @@ low-rank deltas added to its attention projections for that call only (the modul
 weights are never written), and prompt vectors written into a token sequence.
 
 The deltas are a {target: (W, W)} dict per layer, targets among q, k, v, o
-(`prompts.LowRankAttention`). Where each target lives depends on the block family:
+(`prompts.LowRankAttention`); `LoRAWeights` adds them to a tower's frozen weights, once per
+call while they train, and once for as long as they stay unchanged when they do not.
+Where each target lives depends on the block family:
 - open_clip `ResidualAttentionBlock`: `nn.MultiheadAttention`, q, k, v stacked in
   ``attn.in_proj_weight`` (3W, W), o in ``attn.out_proj.weight``;
 - timm ViT / EVA blocks: q, k, v stacked in ``attn.qkv.weight``, or EVA's separate
@@ -19,16 +21,52 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-# A per-layer {target: delta (W, W)} of CLIP-LoRA, None for the frozen weights.
-BlockDeltas = Optional[Sequence[dict[str, Tensor]]]
+# Per layer, {parameter name in the block: the weight to run it with} (frozen weight + CLIP-LoRA
+# delta, from `LoRAWeights`); None for the frozen weights.
+BlockWeights = Optional[Sequence[dict[str, Tensor]]]
 
 
-def run_block(block: nn.Module, x: Tensor, deltas: Optional[dict[str, Tensor]] = None,
+def run_block(block: nn.Module, x: Tensor, weights: Optional[dict[str, Tensor]] = None,
               **kwargs) -> Tensor:
-    """block(x, **kwargs), with `deltas` added to its attention projections."""
-    if not deltas:
+    """block(x, **kwargs), with the parameters named in `weights` replaced for this call."""
+    if not weights:
         return block(x, **kwargs)
-    return functional_call(block, lora_weights(block, deltas), (x,), kwargs, strict=False)
+    return functional_call(block, weights, (x,), kwargs, strict=False)
+
+
+class LoRAWeights:
+    """A tower's blocks' attention weights with a `LowRankAttention`'s deltas added.
+
+    While the deltas train (grad enabled and the LoRA tensors, or the attention weights, require
+    it) they are merged on every call, inside the graph. Otherwise (evaluation, serving) the merged weights are kept
+    and reused until the LoRA tensors or the blocks' attention weights change: their version
+    counters (bumped by optimizer steps and ``load_state_dict``), storage, device and dtype,
+    and whether inference mode is on.
+    Merging is a pass over every attention weight of the tower, about 5% of a batch of 16
+    images through ViT-B-32 (benchmarks/perf); kept, it costs a copy of those weights in memory.
+    Not an ``nn.Module``: the kept weights are derived, never saved or moved with the model.
+    """
+
+    def __init__(self) -> None:
+        self._kept: Optional[tuple[tuple, list[dict[str, Tensor]]]] = None
+
+    def __call__(self, lora: nn.Module, blocks: Sequence[nn.Module]) -> list[dict[str, Tensor]]:
+        params = list(lora.parameters()) + [p for b in blocks for p in b.attn.parameters()]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            self._kept = None  # LoRA (or, fine-tuned, the attention) trains: in the graph
+            return [lora_weights(b, d) for b, d in zip(blocks, lora())]
+        # inference tensors (made under inference_mode) cannot be saved for a backward later
+        key = (torch.is_inference_mode_enabled(), _state(params))
+        kept = self._kept
+        if kept is None or kept[0] != key:
+            with torch.no_grad():
+                kept = (key, [lora_weights(b, d) for b, d in zip(blocks, lora())])
+            self._kept = kept
+        return kept[1]
+
+
+def _state(tensors: Sequence[Tensor]) -> tuple:
+    return tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
 
 
 def lora_weights(block: nn.Module, deltas: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -4,15 +4,19 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from open_clip.transformer import VisionTransformer
 
-from .blocks import BlockDeltas, expand, replace, run_block
+from .blocks import BlockWeights, expand, replace, run_block
+
+
+def blocks(visual: VisionTransformer) -> nn.ModuleList:
+    return visual.transformer.resblocks
 
 
 def layers(visual: VisionTransformer) -> int:
-    return len(visual.transformer.resblocks)
+    return len(blocks(visual))
 
 
 def width(visual: VisionTransformer) -> int:
@@ -20,7 +24,7 @@ def width(visual: VisionTransformer) -> int:
 
 
 def encode(visual: VisionTransformer, images: Tensor, prompts: Sequence[Tensor] = (),
-           block_deltas: BlockDeltas = None) -> Tensor:
+           block_weights: BlockWeights = None) -> Tensor:
     """`VisionTransformer.forward` with visual prompt tokens appended to the token sequence.
 
     images: (B, 3, H, W).
@@ -28,7 +32,8 @@ def encode(visual: VisionTransformer, images: Tensor, prompts: Sequence[Tensor] 
         embedding and before ``ln_pre``; prompts[i] for i >= 1 replaces those v tokens at the
         input of layer i (deep). The prompt tokens are dropped before pooling, so every pool
         type (class token, average, attention pooling) sees the original tokens.
-    block_deltas[i]: CLIP-LoRA deltas of layer i (None: the frozen weights).
+    block_weights[i]: layer i's attention weights with CLIP-LoRA's deltas added
+        (`blocks.LoRAWeights`; None: the frozen weights).
     Returns (B, D).
     """
     if not visual.transformer.batch_first:
@@ -46,7 +51,7 @@ def encode(visual: VisionTransformer, images: Tensor, prompts: Sequence[Tensor] 
     for i, block in enumerate(visual.transformer.resblocks):
         if 0 < i < len(prompts):
             x = replace(x, prompts[i], x.shape[1] - n_prompt)
-        x = run_block(block, x, block_deltas[i] if block_deltas else None)
+        x = run_block(block, x, block_weights[i] if block_weights else None)
     if n_prompt:
         x = x[:, :-n_prompt]
     pooled, _ = visual._pool(x)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import TextTransformer
 
-from .blocks import BlockDeltas, replace, run_block
+from .blocks import BlockWeights, replace, run_block
 
 POOL_TYPES = ("argmax", "eos", "last")
 
@@ -112,14 +112,15 @@ def content_mask(tower: TextTower, tokens: Tensor, end: Tensor) -> Tensor:
 
 
 def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = (),
-                prompt_start: int = 1, block_deltas: BlockDeltas = None,
+                prompt_start: int = 1, block_weights: BlockWeights = None,
                 layers: Optional[int] = None) -> Tensor:
     """The transformer from token embeddings to per-position states after ``ln_final``.
 
     x: (B, L, W) token embeddings, L <= context length, prompts already inserted.
     deep_prompts[i]: (k, W) or (B, k, W), replaces positions ``prompt_start:prompt_start+k``
         at the input of layer i + 1 (MaPLe-style deep prompts).
-    block_deltas[i]: CLIP-LoRA deltas of layer i (None: the frozen weights).
+    block_weights[i]: layer i's attention weights with CLIP-LoRA's deltas added
+        (`blocks.LoRAWeights`; None: the frozen weights).
     layers: run only the first `layers` blocks (None: all), then ``ln_final``.
     Returns (B, L, W).
     """
@@ -132,7 +133,7 @@ def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = ()
     for i, block in enumerate(tower.transformer.resblocks[:layers]):
         if 0 < i <= len(deep_prompts):
             x = replace(x, deep_prompts[i - 1], prompt_start)
-        x = run_block(block, x, block_deltas[i] if block_deltas else None, attn_mask=attn_mask)
+        x = run_block(block, x, block_weights[i] if block_weights else None, attn_mask=attn_mask)
     return tower.ln_final(x)  # (B, L, W)
 
 

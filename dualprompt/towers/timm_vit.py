@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .blocks import BlockDeltas, expand, replace, run_block
+from .blocks import BlockWeights, expand, replace, run_block
 
 try:  # timm comes with open_clip; these are the classes its CLIP towers use
     from timm.models.eva import Eva
@@ -28,8 +28,12 @@ def is_timm_vit(visual: nn.Module) -> bool:
     return Eva is not None and isinstance(trunk, (TimmViT, Eva))
 
 
+def blocks(visual: nn.Module) -> nn.Sequential:
+    return visual.trunk.blocks
+
+
 def layers(visual: nn.Module) -> int:
-    return len(visual.trunk.blocks)
+    return len(blocks(visual))
 
 
 def width(visual: nn.Module) -> int:
@@ -37,10 +41,10 @@ def width(visual: nn.Module) -> int:
 
 
 def encode(visual: nn.Module, images: Tensor, prompts: Sequence[Tensor] = (),
-           block_deltas: BlockDeltas = None) -> Tensor:
+           block_weights: BlockWeights = None) -> Tensor:
     """`TimmModel.forward` (trunk features, trunk head, open_clip head) with visual prompts.
 
-    images: (B, 3, H, W); prompts and block_deltas as in `open_clip_vit.encode`.
+    images: (B, 3, H, W); prompts and block_weights as in `open_clip_vit.encode`.
     Returns (B, D).
     """
     trunk = visual.trunk
@@ -63,7 +67,7 @@ def encode(visual: nn.Module, images: Tensor, prompts: Sequence[Tensor] = (),
     for i, block in enumerate(trunk.blocks):
         if 0 < i < len(prompts):
             x = replace(x, prompts[i], x.shape[1] - n_prompt)
-        x = run_block(block, x, block_deltas[i] if block_deltas else None, **kwargs)
+        x = run_block(block, x, block_weights[i] if block_weights else None, **kwargs)
     x = trunk.norm(x)
     if n_prompt:
         x = x[:, :-n_prompt]
