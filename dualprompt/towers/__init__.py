@@ -25,8 +25,9 @@ from .blocks import BlockWeights, LoRAWeights, run_block
 from .text import (TextTower, content_mask, end_index, output_dim, pool, project, text_hidden,
                    text_tower)
 
-__all__ = ["BlockWeights", "LoRAWeights", "TextTower", "content_mask", "embed_dim", "encode_image", "end_index",
-           "image_size", "is_clip_vit", "pool", "project", "run_block", "takes_visual_prompts",
+__all__ = ["BlockWeights", "LoRAWeights", "TextTower", "content_mask", "embed_dim",
+           "encode_image", "end_index", "image_size", "is_clip_vit", "pool", "project",
+           "run_block", "takes_visual_prompts",
            "text_blocks", "text_features", "text_hidden", "text_layers", "text_tower",
            "text_width", "vision_blocks", "vision_layers", "vision_width"]
 

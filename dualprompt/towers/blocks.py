@@ -38,10 +38,10 @@ class LoRAWeights:
     """A tower's blocks' attention weights with a `LowRankAttention`'s deltas added.
 
     While the deltas train (grad enabled and the LoRA tensors, or the attention weights, require
-    it) they are merged on every call, inside the graph. Otherwise (evaluation, serving) the merged weights are kept
-    and reused until the LoRA tensors or the blocks' attention weights change: their version
-    counters (bumped by optimizer steps and ``load_state_dict``), storage, device and dtype,
-    and whether inference mode is on.
+    it) they are merged on every call, inside the graph. Otherwise (evaluation, serving) the
+    merged weights are kept and reused until the LoRA tensors or the blocks' attention weights
+    change: their version counters (bumped by optimizer steps and ``load_state_dict``),
+    storage, device and dtype, and whether inference mode is on.
     Merging is a pass over every attention weight of the tower, about 5% of a batch of 16
     images through ViT-B-32 (benchmarks/perf); kept, it costs a copy of those weights in memory.
     Not an ``nn.Module``: the kept weights are derived, never saved or moved with the model.
