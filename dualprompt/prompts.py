@@ -127,3 +127,9 @@ class LowRankAttention(nn.Module):
         deltas = self.scaling * (self.b @ self.a)  # (T, L, W, W)
         return [{t: deltas[i, layer] for i, t in enumerate(self.targets)}
                 for layer in range(deltas.shape[1])]
+
+    def factors(self) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """Per layer, {target: (A (r, W), scaling * B (W, r))}: the delta is their product."""
+        b = self.scaling * self.b
+        return [{t: (self.a[i, layer], b[i, layer]) for i, t in enumerate(self.targets)}
+                for layer in range(self.a.shape[1])]

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from dualprompt import (DualPromptCLIP, PromptConfig, feature_consistency, load_prompts,
-                        logit_consistency)
+                        logit_consistency, towers)
+from dualprompt.towers.blocks import lora_weights
 from dualprompt.training.callbacks import GaussianPromptAggregation
 from dualprompt.training.module import PromptRetrievalModule
 from dualprompt.training.schema import OptimConfig, Optimizer
@@ -59,7 +60,7 @@ def test_lora_trains_only_its_tensors_and_leaves_the_clip_untouched(tiny_clip, b
 
 def test_lora_is_merged_once_for_inference_and_again_when_it_changes(tiny_clip, batch):
     """Without grad the merged weights are kept: the deltas are made once for many calls, and
-    made afresh (same numbers as a merge inside the graph) after the LoRA tensors change."""
+    made afresh (same numbers as the training path) after the LoRA tensors change."""
     images, tokens = batch
     model = DualPromptCLIP(tiny_clip, LORA)
     merges = []
@@ -74,14 +75,48 @@ def test_lora_is_merged_once_for_inference_and_again_when_it_changes(tiny_clip, 
         model.image_lora.b.mul_(2.0)  # as an optimizer step does: in place
         changed = model.encode_image(images)
     assert len(merges) == 2 and (changed - first).abs().max() > 1e-3
-    in_graph = model.encode_image(images)  # grad on: merged inside the graph, every call
+    in_graph = model.encode_image(images)  # grad on: the low-rank path, nothing merged
     in_graph.sum().backward()
-    assert len(merges) == 3 and model.image_lora.b.grad is not None
-    torch.testing.assert_close(changed, in_graph.detach(), atol=1e-6, rtol=0)
+    assert len(merges) == 2 and model.image_lora.b.grad is not None
+    torch.testing.assert_close(changed, in_graph.detach(), atol=1e-5, rtol=0)
     with torch.no_grad():
         tiny_clip.visual.transformer.resblocks[0].attn.in_proj_weight.mul_(0.5)  # frozen moved
         model.encode_image(images)
-    assert len(merges) == 4
+    assert len(merges) == 3
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_low_rank_path_equals_merged_weights_with_their_gradients(tiny_clip, batch, tower):
+    """While LoRA trains, open_clip's blocks run it as x A^T B^T beside the frozen projections;
+    features and the factors' gradients are the merged weights' (text: under the causal mask)."""
+    images, tokens = batch
+    model = DualPromptCLIP(tiny_clip, LORA)
+    lora = model.image_lora if tower == "image" else model.text_lora
+    blocks = (towers.vision_blocks(tiny_clip) if tower == "image"
+              else towers.text_blocks(tiny_clip))
+    with torch.no_grad():
+        lora.b.normal_(std=0.05)
+
+    def run(weights):
+        if tower == "image":
+            return towers.encode_image(tiny_clip.visual, images, (), block_weights=weights)
+        text = towers.text_tower(tiny_clip)
+        return towers.text_hidden(text, text.token_embedding(tokens), block_weights=weights)
+
+    assert all(towers.blocks.takes_low_rank_path(b) for b in blocks)
+    results = []
+    for weights in ([lora_weights(b, d) for b, d in zip(blocks, lora())],
+                    [towers.LowRank(f) for f in lora.factors()]):
+        lora.zero_grad()
+        out = run(weights)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append((out.detach(), lora.a.grad.clone(), lora.b.grad.clone()))
+    (merged, *merged_grads), (low_rank, *low_rank_grads) = results
+    torch.testing.assert_close(low_rank, merged, atol=1e-5, rtol=1e-5)
+    for g, expected in zip(low_rank_grads, merged_grads):
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-4)
+    assert isinstance(model._image_lora_weights(lora, blocks)[0], towers.LowRank)  # grad on
 
 
 def test_lora_on_one_tower_leaves_the_other_frozen(tiny_clip, batch, tmp_path):

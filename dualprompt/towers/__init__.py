@@ -21,11 +21,11 @@ from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
 
 from . import open_clip_vit, timm_vit
-from .blocks import BlockWeights, LoRAWeights, run_block
+from .blocks import BlockWeights, LoRAWeights, LowRank, run_block
 from .text import (TextTower, content_mask, end_index, output_dim, pool, project, text_hidden,
                    text_tower)
 
-__all__ = ["BlockWeights", "LoRAWeights", "TextTower", "content_mask", "embed_dim",
+__all__ = ["BlockWeights", "LoRAWeights", "LowRank", "TextTower", "content_mask", "embed_dim",
            "encode_image", "end_index", "image_size", "is_clip_vit", "pool", "project",
            "run_block", "takes_visual_prompts",
            "text_blocks", "text_features", "text_hidden", "text_layers", "text_tower",

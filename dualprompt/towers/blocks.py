@@ -3,8 +3,10 @@ low-rank deltas added to its attention projections for that call only (the modul
 weights are never written), and prompt vectors written into a token sequence.
 
 The deltas are a {target: (W, W)} dict per layer, targets among q, k, v, o
-(`prompts.LowRankAttention`); `LoRAWeights` adds them to a tower's frozen weights, once per
-call while they train, and once for as long as they stay unchanged when they do not.
+(`prompts.LowRankAttention`). `LoRAWeights` decides how a tower runs them: while they train,
+open_clip's own blocks take them as a low-rank path beside the frozen projections (`LowRank`)
+and other blocks get them added to the frozen weights per call; when they do not train, they
+are added once and kept for as long as they stay unchanged.
 Where each target lives depends on the block family:
 - open_clip `ResidualAttentionBlock`: `nn.MultiheadAttention`, q, k, v stacked in
   ``attn.in_proj_weight`` (3W, W), o in ``attn.out_proj.weight``;
@@ -15,30 +17,91 @@ peft's LoRA would wrap (and so replace) these modules in the served CLIP; a per-
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import Tensor, nn
 from torch.func import functional_call
 
-# Per layer, {parameter name in the block: the weight to run it with} (frozen weight + CLIP-LoRA
-# delta, from `LoRAWeights`); None for the frozen weights.
-BlockWeights = Optional[Sequence[dict[str, Tensor]]]
+
+@dataclass(frozen=True)
+class LowRank:
+    """One layer's CLIP-LoRA factors, {target: (A (r, W), B (W, r))} with delta W = B @ A (B
+    already scaled), run as their own path beside the frozen projections (`run_block`)."""
+    factors: dict[str, tuple[Tensor, Tensor]]
 
 
-def run_block(block: nn.Module, x: Tensor, weights: Optional[dict[str, Tensor]] = None,
-              **kwargs) -> Tensor:
-    """block(x, **kwargs), with the parameters named in `weights` replaced for this call."""
+# Per layer: {parameter name in the block: the weight to run it with} (frozen weight + CLIP-LoRA
+# delta), or the `LowRank` factors (from `LoRAWeights`); None for the frozen weights.
+BlockWeights = Optional[Sequence[Union[dict[str, Tensor], LowRank]]]
+
+
+def run_block(block: nn.Module, x: Tensor,
+              weights: Union[dict[str, Tensor], LowRank, None] = None, **kwargs) -> Tensor:
+    """block(x, **kwargs), with the parameters named in `weights` replaced for this call, or
+    with LoRA's low-rank path beside its attention projections."""
+    if isinstance(weights, LowRank):
+        return _low_rank_block(block, x, weights.factors, **kwargs)
     if not weights:
         return block(x, **kwargs)
     return functional_call(block, weights, (x,), kwargs, strict=False)
+
+
+def takes_low_rank_path(block: nn.Module) -> bool:
+    """open_clip's own `ResidualAttentionBlock` (every tower of OpenAI-layout CLIP, and the
+    text towers of most others) with batch-first, self-attention `nn.MultiheadAttention`."""
+    attn = getattr(block, "attn", None)
+    return (type(block) is ResidualAttentionBlock and isinstance(attn, nn.MultiheadAttention)
+            and attn.batch_first and attn._qkv_same_embed_dim and not attn.dropout
+            and not hasattr(block, "ln_1_kv"))
+
+
+def _low_rank_block(block: nn.Module, x: Tensor, factors: dict[str, tuple[Tensor, Tensor]],
+                    attn_mask: Optional[Tensor] = None) -> Tensor:
+    """`ResidualAttentionBlock.forward` (self-attention) with x A^T B^T added to the frozen
+    q, k, v and output projections: the merged weights' numbers, but its backward forms only
+    the rank-r factors' gradients, where merged weights need a full (3W, W) weight gradient per
+    layer (that made the training step 0.96x full fine-tuning's; benchmarks/perf). Written out
+    here, the one place besides the parity tests (tests/test_towers.py) that depends on it,
+    because `nn.MultiheadAttention` projects q, k, v inside one call that nothing can join."""
+    attn = block.attn
+    h = block.ln_1(x)  # (B, L, W)
+    batch, length, width = h.shape
+    heads = attn.num_heads
+
+    def low_rank(t: str, inputs: Tensor) -> Optional[Tensor]:
+        if t not in factors:
+            return None
+        a, b = factors[t]
+        return (inputs @ a.to(inputs.dtype).T) @ b.to(inputs.dtype).T
+
+    qkv = list(F.linear(h, attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1))
+    for i, t in enumerate("qkv"):
+        extra = low_rank(t, h)
+        if extra is not None:
+            qkv[i] = qkv[i] + extra
+    q, k, v = (y.view(batch, length, heads, width // heads).transpose(1, 2) for y in qkv)
+    mask = attn_mask.to(h.dtype) if attn_mask is not None else None  # as open_clip passes it
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    o = o.transpose(1, 2).reshape(batch, length, width)
+    out = F.linear(o, attn.out_proj.weight, attn.out_proj.bias)
+    extra = low_rank("o", o)
+    if extra is not None:
+        out = out + extra
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 class LoRAWeights:
     """A tower's blocks' attention weights with a `LowRankAttention`'s deltas added.
 
     While the deltas train (grad enabled and the LoRA tensors, or the attention weights, require
-    it) they are merged on every call, inside the graph. Otherwise (evaluation, serving) the
+    it), open_clip's own blocks run them as a low-rank path beside the frozen projections
+    (`LowRank`); other blocks (timm, EVA) get them merged on every call, inside the graph.
+    Otherwise (evaluation, serving) the
     merged weights are kept and reused until the LoRA tensors or the blocks' attention weights
     change: their version counters (bumped by optimizer steps and ``load_state_dict``),
     storage, device and dtype, and whether inference mode is on.
@@ -54,6 +117,8 @@ class LoRAWeights:
         params = list(lora.parameters()) + [p for b in blocks for p in b.attn.parameters()]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self._kept = None  # LoRA (or, fine-tuned, the attention) trains: in the graph
+            if all(takes_low_rank_path(b) for b in blocks):
+                return [LowRank(f) for f in lora.factors()]
             return [lora_weights(b, d) for b, d in zip(blocks, lora())]
         # inference tensors (made under inference_mode) cannot be saved for a backward later
         key = (torch.is_inference_mode_enabled(), _state(params))
