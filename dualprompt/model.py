@@ -108,7 +108,7 @@ class DualPromptCLIP(nn.Module):
             self.image_lora = LowRankAttention(
                 towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
                 config.lora_alpha, config.lora_targets)
-        # frozen weights + deltas: merged per call while training, kept while they don't change
+        # how the towers run LoRA: a low-rank path while it trains, merged weights kept otherwise
         self._text_lora_weights = towers.LoRAWeights()
         self._image_lora_weights = towers.LoRAWeights()
         log.info("DualPromptCLIP: %d trainable parameters (%s)", self.num_trainable_parameters(),

@@ -7,7 +7,7 @@ tests ran on:
 - `text`: the text towers of `CLIP` and of `CustomTextCLIP` (open_clip's `TextTransformer`);
 - `open_clip_vit`: open_clip's `VisionTransformer`;
 - `timm_vit`: timm `VisionTransformer` and `Eva` inside open_clip's `TimmModel`;
-- `blocks`: a transformer block run with CLIP-LoRA's deltas (`LoRAWeights`).
+- `blocks`: a transformer block run with CLIP-LoRA (`LoRAWeights`, `LowRank`).
 Any other image tower (ResNet, ConvNeXt, ...) runs as open_clip runs it and takes no visual
 prompts or LoRA (`takes_visual_prompts`).
 """
@@ -27,9 +27,9 @@ from .text import (TextTower, content_mask, end_index, output_dim, pool, project
 
 __all__ = ["BlockWeights", "LoRAWeights", "LowRank", "TextTower", "content_mask", "embed_dim",
            "encode_image", "end_index", "image_size", "is_clip_vit", "pool", "project",
-           "run_block", "takes_visual_prompts",
-           "text_blocks", "text_features", "text_hidden", "text_layers", "text_tower",
-           "text_width", "vision_blocks", "vision_layers", "vision_width"]
+           "run_block", "takes_visual_prompts", "text_blocks", "text_features", "text_hidden",
+           "text_layers", "text_tower", "text_width", "vision_blocks", "vision_layers",
+           "vision_width"]
 
 
 def _vit_family(visual: nn.Module):

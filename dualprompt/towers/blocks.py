@@ -65,8 +65,9 @@ def _low_rank_block(block: nn.Module, x: Tensor, factors: dict[str, tuple[Tensor
     q, k, v and output projections: the merged weights' numbers, but its backward forms only
     the rank-r factors' gradients, where merged weights need a full (3W, W) weight gradient per
     layer (that made the training step 0.96x full fine-tuning's; benchmarks/perf). Written out
-    here, the one place besides the parity tests (tests/test_towers.py) that depends on it,
-    because `nn.MultiheadAttention` projects q, k, v inside one call that nothing can join."""
+    here because `nn.MultiheadAttention` projects q, k, v inside one call that nothing can
+    join; its parity with the merged weights, features and gradients, is tested
+    (tests/test_lora_consistency.py)."""
     attn = block.attn
     h = block.ln_1(x)  # (B, L, W)
     batch, length, width = h.shape
@@ -101,10 +102,10 @@ class LoRAWeights:
     While the deltas train (grad enabled and the LoRA tensors, or the attention weights, require
     it), open_clip's own blocks run them as a low-rank path beside the frozen projections
     (`LowRank`); other blocks (timm, EVA) get them merged on every call, inside the graph.
-    Otherwise (evaluation, serving) the
-    merged weights are kept and reused until the LoRA tensors or the blocks' attention weights
-    change: their version counters (bumped by optimizer steps and ``load_state_dict``),
-    storage, device and dtype, and whether inference mode is on.
+    Otherwise (evaluation, serving) the merged weights are kept and reused until the LoRA
+    tensors or the blocks' attention weights change: their version counters (bumped by
+    optimizer steps and ``load_state_dict``), storage, device and dtype, and whether inference
+    mode is on.
     Merging is a pass over every attention weight of the tower, about 5% of a batch of 16
     images through ViT-B-32 (benchmarks/perf); kept, it costs a copy of those weights in memory.
     Not an ``nn.Module``: the kept weights are derived, never saved or moved with the model.
@@ -113,7 +114,8 @@ class LoRAWeights:
     def __init__(self) -> None:
         self._kept: Optional[tuple[tuple, list[dict[str, Tensor]]]] = None
 
-    def __call__(self, lora: nn.Module, blocks: Sequence[nn.Module]) -> list[dict[str, Tensor]]:
+    def __call__(self, lora: nn.Module,
+                 blocks: Sequence[nn.Module]) -> list[Union[dict[str, Tensor], LowRank]]:
         params = list(lora.parameters()) + [p for b in blocks for p in b.attn.parameters()]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self._kept = None  # LoRA (or, fine-tuned, the attention) trains: in the graph

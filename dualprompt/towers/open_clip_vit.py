@@ -32,8 +32,8 @@ def encode(visual: VisionTransformer, images: Tensor, prompts: Sequence[Tensor] 
         embedding and before ``ln_pre``; prompts[i] for i >= 1 replaces those v tokens at the
         input of layer i (deep). The prompt tokens are dropped before pooling, so every pool
         type (class token, average, attention pooling) sees the original tokens.
-    block_weights[i]: layer i's attention weights with CLIP-LoRA's deltas added
-        (`blocks.LoRAWeights`; None: the frozen weights).
+    block_weights[i]: layer i's attention weights with CLIP-LoRA's deltas added, or its
+        `LowRank` factors (`blocks.LoRAWeights`; None: the frozen weights).
     Returns (B, D).
     """
     if not visual.transformer.batch_first:

@@ -119,8 +119,8 @@ def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = ()
     x: (B, L, W) token embeddings, L <= context length, prompts already inserted.
     deep_prompts[i]: (k, W) or (B, k, W), replaces positions ``prompt_start:prompt_start+k``
         at the input of layer i + 1 (MaPLe-style deep prompts).
-    block_weights[i]: layer i's attention weights with CLIP-LoRA's deltas added
-        (`blocks.LoRAWeights`; None: the frozen weights).
+    block_weights[i]: layer i's attention weights with CLIP-LoRA's deltas added, or its
+        `LowRank` factors (`blocks.LoRAWeights`; None: the frozen weights).
     layers: run only the first `layers` blocks (None: all), then ``ln_final``.
     Returns (B, L, W).
     """
