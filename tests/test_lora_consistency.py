@@ -116,7 +116,7 @@ def test_low_rank_path_equals_merged_weights_with_their_gradients(tiny_clip, bat
     for g, expected in zip(low_rank_grads, merged_grads):
         assert expected.abs().max() > 0
         torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-4)
-    assert isinstance(model._image_lora_weights(lora, blocks)[0], towers.LowRank)  # grad on
+    assert isinstance(towers.LoRAWeights()(lora, blocks)[0], towers.LowRank)  # grad on: taken
 
 
 def test_lora_on_one_tower_leaves_the_other_frozen(tiny_clip, batch, tmp_path):
