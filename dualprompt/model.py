@@ -167,8 +167,9 @@ class DualPromptCLIP(nn.Module):
             x = torch.cat([x[:, :1], prompts.to(x.dtype), x[:, 1:]], dim=1)  # (B, L'+n, W)
         lora = (self._text_lora_weights(self.text_lora, towers.text_blocks(self.clip))
                 if self.text_lora is not None else None)
-        hidden = towers.text_hidden(tower, x, deep, prompt_start=1, block_weights=lora)
-        return towers.pool(tower, hidden, eot + n_prompt)  # (B, D)
+        pooled = towers.text_hidden(tower, x, deep, prompt_start=1, block_weights=lora,
+                                    at=eot + n_prompt)
+        return towers.project(tower, pooled)  # (B, D)
 
     def _by_length(self, fn: Callable[..., Tensor], text: Tensor,
                    *rows: Optional[Tensor]) -> Tensor:

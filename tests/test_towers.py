@@ -8,7 +8,7 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 
 from dualprompt import DualPromptCLIP, PromptConfig, base_fingerprint, towers
-from dualprompt.towers.blocks import lora_weights
+from dualprompt.towers.blocks import kept_rows, lora_weights
 from tests.conftest import EVA_TINY, SIGLIP_TINY
 
 OFF = PromptConfig(attribute_length=0, subcategory_length=0, visual_length=0)
@@ -118,6 +118,88 @@ def test_visual_prompt_tokens_have_no_position(other_layout_configs, name):
     assert _moved(swapped, out) < 1e-5
     assert _moved(out, clip.encode_image(images)) > 1e-3
     assert _moved(deep, out) > 1e-3  # the deep replacement reaches layer 1
+
+
+@pytest.mark.parametrize("weights", ["frozen", "fine-tuned", "merged LoRA", "low-rank LoRA"])
+@pytest.mark.parametrize("tower", ["text", "image"])
+def test_a_block_computes_only_the_rows_that_are_read(tiny_clip, tower, weights):
+    """`run_block(..., rows=)` (one row: the block before pooling; all but the prompts: a block
+    whose prompt outputs the next layer replaces) gives the module's own outputs at those rows,
+    and the same gradients to the input, the LoRA factors and (fine-tuned) the block's
+    weights; text under the causal mask."""
+    clip = copy.deepcopy(tiny_clip)
+    blocks = towers.text_blocks(clip) if tower == "text" else towers.vision_blocks(clip)
+    block, width = blocks[-1], blocks[-1].attn.embed_dim
+    torch.manual_seed(0)
+    x = torch.randn(4, 9, width, requires_grad=True)
+    kwargs = {"attn_mask": clip.attn_mask[:9, :9]} if tower == "text" else {}
+    lora = DualPromptCLIP(clip, PromptConfig(attribute_length=0, subcategory_length=0,
+                                             visual_length=0, lora_rank=2,
+                                             lora_targets=["q", "k", "v", "o"]))
+    lora = lora.text_lora if tower == "text" else lora.image_lora
+    with torch.no_grad():
+        lora.b.normal_(std=0.05)
+    block.requires_grad_(weights == "fine-tuned")
+
+    def run(**extra):
+        if weights == "merged LoRA":
+            return towers.run_block(block, x, lora_weights(block, lora()[-1]), **extra, **kwargs)
+        if weights == "low-rank LoRA":
+            return towers.run_block(block, x, towers.LowRank(lora.factors()[-1]), **extra,
+                                    **kwargs)
+        return block(x, **kwargs) if not extra else towers.run_block(block, x, **extra, **kwargs)
+
+    everything = run()
+    for rows in (torch.tensor([[8], [0], [3], [5]]), kept_rows(x, 1, 3)):
+        assert run(rows=rows).shape == (4, rows.shape[1], width)
+        grad = torch.randn(4, rows.shape[1], width)
+        results = []
+        for out in (everything[torch.arange(4)[:, None], rows], run(rows=rows)):
+            tensors = [t for t in (x, *lora.parameters(), *block.parameters()) if t.requires_grad]
+            grads = torch.autograd.grad((out * grad).sum(), tensors, retain_graph=True,
+                                        allow_unused=True)
+            results.append((out, grads))
+        (expected, expected_grads), (alone, alone_grads) = results
+        torch.testing.assert_close(alone, expected, atol=1e-5, rtol=1e-5)
+        assert expected_grads[0].abs().max() > 0
+        for g, e in zip(alone_grads, expected_grads):
+            if e is None:
+                assert g is None or g.abs().max() == 0
+            else:
+                torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_deep_prompts_give_the_towers_outputs_of_every_row_computed(tiny_clip, batch):
+    """The towers skip the rows nobody reads (prompt outputs the next layer replaces, every
+    position after the last block but the pooled one); their features equal open_clip's
+    blocks run on every row, with the prompts replaced in place."""
+    from dualprompt.towers.blocks import replace
+    images, tokens = batch
+    torch.manual_seed(0)
+    text = towers.text_tower(tiny_clip)
+    deep = [torch.randn(3, text.width) for _ in range(text.layers - 1)]
+    x = torch.cat([text.token_embedding(tokens[:, :1]), torch.randn(4, 3, text.width),
+                   text.token_embedding(tokens[:, 1:20])], dim=1)
+    end = tokens[:, :20].argmax(-1) + 3
+    h = x + text.positional_embedding[:x.shape[1]]
+    for i, block in enumerate(text.transformer.resblocks):
+        if i:
+            h = replace(h, deep[i - 1], 1)
+        h = block(h, attn_mask=text.attn_mask[:x.shape[1], :x.shape[1]])
+    expected = text.ln_final(h)[torch.arange(4), end]
+    torch.testing.assert_close(towers.text_hidden(text, x, deep, prompt_start=1, at=end),
+                               expected, atol=1e-5, rtol=1e-5)
+
+    visual = tiny_clip.visual
+    prompts = [torch.randn(2, visual.class_embedding.shape[0]) for _ in range(3)]
+    h = torch.cat([visual._embeds(images), visual.ln_pre(prompts[0]).expand(4, -1, -1)], dim=1)
+    for i, block in enumerate(visual.transformer.resblocks):
+        if i:
+            h = replace(h, prompts[i], h.shape[1] - 2)
+        h = block(h)
+    expected = visual._pool(h[:, :-2])[0] @ visual.proj
+    torch.testing.assert_close(towers.encode_image(visual, images, prompts), expected,
+                               atol=1e-5, rtol=1e-5)
 
 
 def _moved(a: torch.Tensor, b: torch.Tensor) -> float:

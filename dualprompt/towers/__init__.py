@@ -122,7 +122,8 @@ def text_features(clip: nn.Module, tokens: Tensor, per_position: bool = False,
     Returns (B, D), or (B, L, D) when per_position.
     """
     tower = text_tower(clip)
-    hidden = text_hidden(tower, tower.token_embedding(tokens), layers=layers)
+    x = tower.token_embedding(tokens)
     if per_position:
-        return project(tower, hidden)
-    return pool(tower, hidden, end_index(tower, tokens) if end is None else end)
+        return project(tower, text_hidden(tower, x, layers=layers))
+    at = end_index(tower, tokens) if end is None else end
+    return project(tower, text_hidden(tower, x, layers=layers, at=at))

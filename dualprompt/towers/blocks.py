@@ -40,14 +40,35 @@ BlockWeights = Optional[Sequence[Union[dict[str, Tensor], LowRank]]]
 
 
 def run_block(block: nn.Module, x: Tensor,
-              weights: Union[dict[str, Tensor], LowRank, None] = None, **kwargs) -> Tensor:
+              weights: Union[dict[str, Tensor], LowRank, None] = None,
+              rows: Optional[Tensor] = None, **kwargs) -> Tensor:
     """block(x, **kwargs), with the parameters named in `weights` replaced for this call, or
-    with LoRA's low-rank path beside its attention projections."""
+    with LoRA's low-rank path beside its attention projections.
+
+    rows: (B, m) the positions whose outputs are read: returns only those, (B, m, W). Every
+    position still gives its key and value; open_clip's own blocks compute the query, output
+    projection and MLP of these rows alone (`_written_block`). For the block before pooling
+    (one row) and for a block whose prompt outputs the next layer replaces."""
+    if rows is not None and takes_low_rank_path(block) and _writes_out(weights):
+        return _written_block(block, x, weights, rows=rows, **kwargs)
     if isinstance(weights, LowRank):
-        return _low_rank_block(block, x, weights.factors, **kwargs)
-    if not weights:
-        return block(x, **kwargs)
-    return functional_call(block, weights, (x,), kwargs, strict=False)
+        y = _written_block(block, x, weights, **kwargs)
+    elif not weights:
+        y = block(x, **kwargs)
+    else:
+        y = functional_call(block, weights, (x,), kwargs, strict=False)
+    return y if rows is None else _take(y, rows)
+
+
+def _take(x: Tensor, rows: Tensor) -> Tensor:
+    """(B, L, ...) at (B, m) positions -> (B, m, ...)."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], rows]
+
+
+def _writes_out(weights: Union[dict[str, Tensor], LowRank, None]) -> bool:
+    """Whether `_written_block` runs these weights: LoRA factors, or replaced attention
+    projections (what `lora_weights` gives an open_clip block)."""
+    return isinstance(weights, LowRank) or not weights or set(weights) <= set(_ATTN_WEIGHTS)
 
 
 def takes_low_rank_path(block: nn.Module) -> bool:
@@ -59,19 +80,42 @@ def takes_low_rank_path(block: nn.Module) -> bool:
             and not hasattr(block, "ln_1_kv"))
 
 
-def _low_rank_block(block: nn.Module, x: Tensor, factors: dict[str, tuple[Tensor, Tensor]],
-                    attn_mask: Optional[Tensor] = None) -> Tensor:
-    """`ResidualAttentionBlock.forward` (self-attention) with x A^T B^T added to the frozen
-    q, k, v and output projections: the merged weights' numbers, but its backward forms only
-    the rank-r factors' gradients, where merged weights need a full (3W, W) weight gradient per
-    layer (that made the training step 0.96x full fine-tuning's; benchmarks/perf). Written out
-    here because `nn.MultiheadAttention` projects q, k, v inside one call that nothing can
-    join; its parity with the merged weights, features and gradients, is tested
-    (tests/test_lora_consistency.py)."""
+_ATTN_WEIGHTS = ("attn.in_proj_weight", "attn.out_proj.weight")
+
+
+def _written_block(block: nn.Module, x: Tensor,
+                   weights: Union[dict[str, Tensor], LowRank, None] = None,
+                   attn_mask: Optional[Tensor] = None, rows: Optional[Tensor] = None) -> Tensor:
+    """`ResidualAttentionBlock.forward` (self-attention), written out for two savings that
+    `nn.MultiheadAttention`, which projects q, k, v inside one call, cannot take:
+    - LoRA's low-rank path (`LowRank` weights): x A^T B^T added to the frozen q, k, v and
+      output projections, the merged weights' numbers, but its backward forms only the rank-r
+      factors' gradients, where merged weights need a full (3W, W) weight gradient per layer
+      (that made the training step 0.96x full fine-tuning's; benchmarks/perf);
+    - `rows` (B, m): the outputs of those positions only, (B, m, W): keys and values from
+      every position, the query, output projection and MLP of these (`run_block`).
+    `weights` may also be {parameter name: weight} for the attention projections (merged
+    LoRA weights, `lora_weights`). Parity with the module's own forward, features and
+    gradients, is tested (tests/test_lora_consistency.py, tests/test_towers.py)."""
     attn = block.attn
+    factors = weights.factors if isinstance(weights, LowRank) else {}
+    named = weights if isinstance(weights, dict) else {}
+    in_w = named.get(_ATTN_WEIGHTS[0], attn.in_proj_weight)
+    out_w = named.get(_ATTN_WEIGHTS[1], attn.out_proj.weight)
     h = block.ln_1(x)  # (B, L, W)
     batch, length, width = h.shape
     heads = attn.num_heads
+
+    in_b = attn.in_proj_bias
+    if rows is None:
+        q, k, v = F.linear(h, in_w, in_b).split(width, dim=-1)
+        query_in = h
+    else:  # keys and values at every position, queries at `rows` only
+        query_in = _take(h, rows)  # (B, m, W)
+        q = F.linear(query_in, in_w[:width], None if in_b is None else in_b[:width])
+        k, v = F.linear(h, in_w[width:], None if in_b is None else in_b[width:]).split(
+            width, dim=-1)
+        x = _take(x, rows)
 
     def low_rank(t: str, inputs: Tensor) -> Optional[Tensor]:
         if t not in factors:
@@ -79,16 +123,18 @@ def _low_rank_block(block: nn.Module, x: Tensor, factors: dict[str, tuple[Tensor
         a, b = factors[t]
         return (inputs @ a.to(inputs.dtype).T) @ b.to(inputs.dtype).T
 
-    qkv = list(F.linear(h, attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1))
-    for i, t in enumerate("qkv"):
-        extra = low_rank(t, h)
+    qkv = [q, k, v]
+    for i, (t, inputs) in enumerate((("q", query_in), ("k", h), ("v", h))):
+        extra = low_rank(t, inputs)
         if extra is not None:
             qkv[i] = qkv[i] + extra
-    q, k, v = (y.view(batch, length, heads, width // heads).transpose(1, 2) for y in qkv)
+    q, k, v = (y.view(batch, -1, heads, width // heads).transpose(1, 2) for y in qkv)
     mask = attn_mask.to(h.dtype) if attn_mask is not None else None  # as open_clip passes it
+    if mask is not None and rows is not None:
+        mask = mask[rows].unsqueeze(1)  # (B, 1, m, L): the query rows of the mask
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    o = o.transpose(1, 2).reshape(batch, length, width)
-    out = F.linear(o, attn.out_proj.weight, attn.out_proj.bias)
+    o = o.transpose(1, 2).reshape(batch, -1, width)
+    out = F.linear(o, out_w, attn.out_proj.bias)
     extra = low_rank("o", o)
     if extra is not None:
         out = out + extra
@@ -176,6 +222,18 @@ def expand(prompt: Tensor, like: Tensor) -> Tensor:
     if prompt.dim() == 2:
         prompt = prompt.unsqueeze(0).expand(like.shape[0], -1, -1)
     return prompt
+
+
+def insert(x: Tensor, prompt: Tensor, start: int) -> Tensor:
+    """x with the prompt inserted before position `start`: (B, L, W) -> (B, L + k, W)."""
+    return torch.cat([x[:, :start], expand(prompt, x), x[:, start:]], dim=1)
+
+
+def kept_rows(x: Tensor, start: int, k: int) -> Tensor:
+    """(B, L - k) the positions of x outside start:start + k (`run_block`'s `rows`)."""
+    positions = torch.arange(x.shape[1], device=x.device)
+    kept = positions[(positions < start) | (positions >= start + k)]
+    return kept.expand(x.shape[0], -1)
 
 
 def replace(x: Tensor, prompt: Tensor, start: int) -> Tensor:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from open_clip.transformer import VisionTransformer
 
-from .blocks import BlockWeights, expand, replace, run_block
+from .blocks import BlockWeights, expand, kept_rows, run_block
 
 
 def blocks(visual: VisionTransformer) -> nn.ModuleList:
@@ -48,11 +48,21 @@ def encode(visual: VisionTransformer, images: Tensor, prompts: Sequence[Tensor] 
     if n_prompt:
         x = torch.cat([x, expand(prompts[0], x)], dim=1)  # (B, 1+g*g+v, Wv)
     x = visual.ln_pre(x)
-    for i, block in enumerate(visual.transformer.resblocks):
+    resblocks = visual.transformer.resblocks
+    # class-token pooling reads one position: the last block computes only that one
+    cls_only = visual.attn_pool is None and visual.pool_type == "tok"
+    cls = x.new_zeros(x.shape[0], 1, dtype=torch.long) if cls_only else None
+    # a block whose prompt outputs the next layer replaces computes the other rows alone
+    drop = kept_rows(x, x.shape[1] - n_prompt, n_prompt) if len(prompts) > 1 else None
+    for i, block in enumerate(resblocks):
         if 0 < i < len(prompts):
-            x = replace(x, prompts[i], x.shape[1] - n_prompt)
-        x = run_block(block, x, block_weights[i] if block_weights else None)
-    if n_prompt:
+            x = torch.cat([x, expand(prompts[i], x)], dim=1)  # their rows were not kept
+        if i == len(resblocks) - 1:
+            rows = cls
+        else:
+            rows = drop if i < len(prompts) - 1 else None
+        x = run_block(block, x, block_weights[i] if block_weights else None, rows=rows)
+    if n_prompt and not cls_only:
         x = x[:, :-n_prompt]
     pooled, _ = visual._pool(x)
     if visual.proj is not None:

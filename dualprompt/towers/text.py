@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import TextTransformer
 
-from .blocks import BlockWeights, replace, run_block
+from .blocks import BlockWeights, insert, kept_rows, run_block
 
 POOL_TYPES = ("argmax", "eos", "last")
 
@@ -113,7 +113,7 @@ def content_mask(tower: TextTower, tokens: Tensor, end: Tensor) -> Tensor:
 
 def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = (),
                 prompt_start: int = 1, block_weights: BlockWeights = None,
-                layers: Optional[int] = None) -> Tensor:
+                layers: Optional[int] = None, at: Optional[Tensor] = None) -> Tensor:
     """The transformer from token embeddings to per-position states after ``ln_final``.
 
     x: (B, L, W) token embeddings, L <= context length, prompts already inserted.
@@ -122,7 +122,9 @@ def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = ()
     block_weights[i]: layer i's attention weights with CLIP-LoRA's deltas added, or its
         `LowRank` factors (`blocks.LoRAWeights`; None: the frozen weights).
     layers: run only the first `layers` blocks (None: all), then ``ln_final``.
-    Returns (B, L, W).
+    at: (B,) the pooled positions, to read out only those: the last block then computes them
+        alone (`blocks.run_block`).
+    Returns (B, L, W), or (B, W) with `at`.
     """
     seq_len = x.shape[1]
     cast_dtype = tower.transformer.get_cast_dtype()
@@ -130,11 +132,20 @@ def text_hidden(tower: TextTower, x: Tensor, deep_prompts: Sequence[Tensor] = ()
     attn_mask = tower.attn_mask
     if attn_mask is not None:
         attn_mask = attn_mask[:seq_len, :seq_len]
-    for i, block in enumerate(tower.transformer.resblocks[:layers]):
+    run = tower.transformer.resblocks[:layers]
+    # a block whose prompt outputs the next layer replaces computes the other rows alone
+    drop = kept_rows(x, prompt_start, deep_prompts[0].shape[-2]) if len(deep_prompts) else None
+    for i, block in enumerate(run):
         if 0 < i <= len(deep_prompts):
-            x = replace(x, deep_prompts[i - 1], prompt_start)
-        x = run_block(block, x, block_weights[i] if block_weights else None, attn_mask=attn_mask)
-    return tower.ln_final(x)  # (B, L, W)
+            x = insert(x, deep_prompts[i - 1], prompt_start)  # their rows were not kept
+        if i == len(run) - 1:
+            rows = None if at is None else at[:, None]
+        else:
+            rows = drop if i < len(deep_prompts) else None
+        x = run_block(block, x, block_weights[i] if block_weights else None, rows=rows,
+                      attn_mask=attn_mask)
+    x = tower.ln_final(x)  # (B, L, W), or (B, 1, W) with `at`
+    return x if at is None else x[:, 0]
 
 
 def project(tower: TextTower, x: Tensor) -> Tensor:
