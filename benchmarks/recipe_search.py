@@ -159,6 +159,16 @@ CANDIDATES = {
     "re-weighted negatives": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, "prompt.lora_rank=8",
         "prompt.lora_alpha=4", "optim.lora_lr_scale=3"],
+    # both beat the default on validation (+6.37 and +7.07 against +5.55): rank 8 with the
+    # output projection, and rank 16 (alpha 8)
+    "ours + PromptSRC consistency + adapters + LoRA rank 8 on q, k, v, o at lr 9e-3, "
+    "1 negative, re-weighted negatives": [
+        *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, "prompt.lora_rank=8",
+        "prompt.lora_alpha=4", "optim.lora_lr_scale=3", "prompt.lora_targets=[q,k,v,o]"],
+    "ours + PromptSRC consistency + adapters + LoRA rank 16 at lr 9e-3, 1 negative, "
+    "re-weighted negatives": [
+        *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, "prompt.lora_rank=16",
+        "prompt.lora_alpha=8", "optim.lora_lr_scale=3"],
 }
 CANDIDATES = {name: _without_lora(overrides) for name, overrides in CANDIDATES.items()}
 R1 = ("i2t_R@1", "t2i_R@1")

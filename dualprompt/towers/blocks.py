@@ -1,6 +1,7 @@
 """Transformer blocks and token sequences, the same in every tower: a block run with CLIP-LoRA's
 low-rank deltas added to its attention projections for that call only (the module's own
-weights are never written), and prompt vectors written into a token sequence.
+weights are never written), a block that computes only the rows that are read (`run_block`'s
+`rows`), and prompt vectors written into a token sequence.
 
 The deltas are a {target: (W, W)} dict per layer, targets among q, k, v, o
 (`prompts.LowRankAttention`). `LoRAWeights` decides how a tower runs them: while they train,
