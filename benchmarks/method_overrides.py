@@ -11,7 +11,10 @@ ADAPTERS = ["prompt.image_adapter_ratio=0.2", "prompt.text_adapter_ratio=0.2"]  
 # the prompts' lr, as tuned CLIP-LoRA chose on validation (benchmarks/results/quality_tuned.md):
 # 9e-3 beside experiment=world's 3e-3 (the first runs set it as `optim.lora_lr=0.009`, before
 # the switch became a scale)
-LORA_9E3 = ["prompt.lora_rank=2", "optim.lora_lr_scale=3"]
+LORA_9E3 = ["prompt.lora_rank=2", "prompt.lora_alpha=1", "optim.lora_lr_scale=3"]
+# the same at rank 16, its delta scaled as rank 2's (alpha / sqrt(rank) = 0.71: alpha 2.83),
+# chosen on validation over rank 2 (benchmarks/results/recipe_search.md)
+LORA_R16 = ["prompt.lora_rank=16", "prompt.lora_alpha=2.83", "optim.lora_lr_scale=3"]
 K4, K1 = ["dataset.negatives.k=4"], ["dataset.negatives.k=1"]
 # L_cate's positive: an unweighted copy beside unweighted negatives (as first shipped), or the
 # weighted positive of L_con against negatives weighted by their own image

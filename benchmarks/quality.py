@@ -36,8 +36,9 @@ from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 from dualprompt.world.ceiling import ceiling
-from method_overrides import (ADAPTERS, CONSISTENCY, LORA_9E3, NO_ADAPTERS, NO_CONSISTENCY,
-                              NO_LORA, REWEIGHTED_NEGATIVES, UNWEIGHTED_NEGATIVES)
+from method_overrides import (ADAPTERS, CONSISTENCY, LORA_9E3, LORA_R16, NO_ADAPTERS,
+                              NO_CONSISTENCY, NO_LORA, REWEIGHTED_NEGATIVES,
+                              UNWEIGHTED_NEGATIVES)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 SETTINGS = {"in-domain": ["dataset=world_all"], "cross-domain": ["dataset=world_cross"],
@@ -88,10 +89,14 @@ VARIANTS = {  # ours: the ablations, then the full method (last), which is the d
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
         *REWEIGHTED_NEGATIVES, *NO_LORA],
     # + CLIP-LoRA's rank-2 LoRA (q, k, v, both towers) at 3x the prompts' lr (validation, four
-    # world settings): the default
+    # world settings): the previous default
     "full + consistency + adapters + LoRA, 1 re-weighted negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
         *REWEIGHTED_NEGATIVES, *LORA_9E3],
+    # LoRA at rank 16 (scale kept at rank 2's): validation, four world settings; the default
+    "full + consistency + adapters + LoRA rank 16, 1 re-weighted negative": [
+        "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
+        *REWEIGHTED_NEGATIVES, *LORA_R16],
 }
 ROWS = {**BASELINES, **VARIANTS}
 FULL = list(VARIANTS)[-1]
