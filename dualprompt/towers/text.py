@@ -157,12 +157,6 @@ def project(tower: TextTower, x: Tensor) -> Tensor:
     return x @ tower.projection
 
 
-def pool(tower: TextTower, hidden: Tensor, end: Tensor) -> Tensor:
-    """(B, L, W) states, (B,) pooled positions -> (B, D) projected features."""
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), end]  # (B, W)
-    return project(tower, pooled)
-
-
 def output_dim(tower: TextTower) -> int:
     """Dimension of the joint embedding space (the text tower's output)."""
     proj = tower.projection
