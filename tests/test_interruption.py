@@ -22,9 +22,12 @@ from safetensors.torch import load_file
 from tests.test_train_cli import run_cli, toy  # noqa: F401  (module fixture)
 
 # 18 training images, batch 4: 4 steps per epoch; lr high enough that every epoch moves the
-# prompts (and the val metric), so that a wrong resume cannot go unnoticed.
+# prompts (and the val metric), so that a wrong resume cannot go unnoticed. Bitwise equality
+# needs the frozen-quantity cache off: a resumed run refills it in other batches than the
+# uninterrupted run filled it in, and BLAS results depend on the batch's shape (a 2-row and a
+# 4-row product differ in the last bits), so with the cache the runs agree to rounding only.
 RUN = ("trainer.max_epochs=3", "trainer.deterministic=true", "seed=7", "optim.lr=0.05",
-       "eval_zero_shot=false")
+       "eval_zero_shot=false", "cache_frozen=false")
 
 # The CLI with one extra callback: after `batch` of `epoch` it writes a mark file and waits
 # (until SIGTERM reaches Lightning, or 120 s), so the test interrupts it mid-epoch for sure.

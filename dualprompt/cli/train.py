@@ -64,7 +64,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict:
                                    visual_optional=cfg.method.visual_optional)
         module = PromptRetrievalModule(model, loss=cfg.loss, optim=cfg.optim,
                                        val_domains=data.val_domains(),
-                                       test_domains=data.test_domains())
+                                       test_domains=data.test_domains(),
+                                       cache_frozen=cfg.cache_frozen)
         artifact, logger = method.artifact(run_dir), build_logger(cfg.logger, run_dir, config)
         results.update(fit(cfg, run_dir, module, data, artifact, method.saver(clip, cfg.model),
                            logger))

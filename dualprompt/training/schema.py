@@ -376,6 +376,10 @@ class TrainConfig:
     monitor: str = "val/AVG/rsum"  # model selection and early stopping, never on test
     eval_zero_shot: bool = True  # also test the frozen CLIP, for a before/after table
     test: bool = True
+    # keep each training pair's frozen quantities after their first pass (PromptRetrievalModule's
+    # `cache_frozen`); exact to float rounding, so a resumed run, which refills the cache in
+    # other batches, ends like the uninterrupted one to rounding (bitwise with false)
+    cache_frozen: bool = True
 
 
 @dataclass
