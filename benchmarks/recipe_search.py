@@ -180,7 +180,8 @@ CANDIDATES = {
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *LORA_R16],
     # over the rank-16 default: transfer stays below zero-shot on validation (22.50 / 18.44
     # against 27.50 / 26.25), and rank 16 collapsed at 3x the default's lr (`--tune`): LoRA at
-    # the prompts' lr (a third of the step), and the consistency terms at twice their weight
+    # the prompts' lr (a third of the step), and the consistency terms at twice their weight.
+    # Neither taken: +6.48 (lower in 9 of 16 comparisons) and +5.31 (lower in 13) against +7.70
     "ours + PromptSRC consistency + adapters + LoRA rank 16 at scale 0.71, lr 3e-3, "
     "1 negative, re-weighted negatives": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *LORA_R16,
