@@ -27,7 +27,7 @@ import dualprompt
 from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
-from method_overrides import FIRST_SHIPPED
+from method_overrides import FIRST_SHIPPED, SHOWN_AS
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 # "ours" is the method as these committed runs had it (before consistency, adapters and one
@@ -94,7 +94,7 @@ def markdown(summary: dict, meta: dict) -> str:
             v = by_shots.get(k)
             cells.append("-" if v is None else " / ".join(
                 f"{v[m]['mean']:.2f} +- {v[m]['std']:.2f}" for m in R1))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {SHOWN_AS.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +110,8 @@ def plot(summary: dict, path: Path) -> None:
             ks = sorted(by_shots)
             mean = [by_shots[k][metric]["mean"] for k in ks]
             std = [by_shots[k][metric]["std"] for k in ks]
-            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=method)
+            ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3,
+                        label=SHOWN_AS.get(method, method))
         if summary.get("zero-shot"):
             ax.axhline(summary["zero-shot"][metric], ls="--", color="grey", label="zero-shot")
         ax.set_xscale("log", base=2)

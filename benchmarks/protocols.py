@@ -31,7 +31,7 @@ from dualprompt.cli.evaluate import evaluate
 from dualprompt.cli.train import train
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
-from method_overrides import FIRST_SHIPPED
+from method_overrides import FIRST_SHIPPED, SHOWN_AS
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 # "ours" is the method as these committed runs had it (before consistency, adapters and one
@@ -93,7 +93,7 @@ def markdown(runs: list[dict], meta: dict) -> str:
         means = {m: [statistics.fmean(r[m][p] for r in results) for p in ("base", "novel")]
                  for m in R1}
         cells.append(" / ".join(f"{_hm(*means[m]):.2f}" for m in R1))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {SHOWN_AS.get(name, name)} | " + " | ".join(cells) + " |")
     attrs = [r for r in runs if r["protocol"] == "attributes" and r["method"] in meta["methods"]]
     if attrs:
         names = list(attrs[0]["zero_shot"]["attributes"])
@@ -106,7 +106,7 @@ def markdown(runs: list[dict], meta: dict) -> str:
         for name, result in [("zero-shot", attrs[0]["zero_shot"])] + [
                 (r["method"], r["prompted"]) for r in attrs]:
             cells = [f"{result['attributes'][a]['macro_f1']:.2f}" for a in names]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | "
+            lines.append(f"| {SHOWN_AS.get(name, name)} | " + " | ".join(cells) + f" | "
                          f"{result['overall']['macro_f1']:.2f} | "
                          f"{result['overall']['accuracy']:.2f} | {result['ms_per_image']:.1f} |")
         lines += ["", "For scale only (other data, DeepFashion-MM, an API call per image): "
