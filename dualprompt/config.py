@@ -95,6 +95,9 @@ class PromptConfig:
     lora_alpha: float = 1.0
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])
     lora_towers: list[str] = field(default_factory=lambda: ["text", "image"])
+    # dropout on the input of each LoRA update while it trains (CLIP-LoRA's 0.25); blocks that
+    # take the low-rank path only (open_clip's own; timm / EVA blocks run without it, logged)
+    lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self.subcategory_query = SubcategoryQuery(self.subcategory_query)
@@ -132,6 +135,8 @@ class PromptConfig:
             unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
             _check(bool(self.lora_targets) and not unknown, "lora_targets",
                    f"must be a non-empty subset of {list(LORA_TARGETS)}, got {self.lora_targets}")
+        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout",
+               f"must be in [0, 1), got {self.lora_dropout}")
         self.lora_towers = list(self.lora_towers)
         if self.lora_rank:
             _check(bool(self.lora_towers) and set(self.lora_towers) <= {"text", "image"},

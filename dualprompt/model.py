@@ -103,11 +103,19 @@ class DualPromptCLIP(nn.Module):
         self.text_lora = self.image_lora = None
         if config.lora_rank and "text" in config.lora_towers:
             self.text_lora = LowRankAttention(tower.layers, width, config.lora_rank,
-                                              config.lora_alpha, config.lora_targets)
+                                              config.lora_alpha, config.lora_targets,
+                                              config.lora_dropout)
         if config.lora_rank and "image" in config.lora_towers:
             self.image_lora = LowRankAttention(
                 towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
-                config.lora_alpha, config.lora_targets)
+                config.lora_alpha, config.lora_targets, config.lora_dropout)
+        for side, lora, blocks in (("text", self.text_lora, towers.text_blocks),
+                                   ("image", self.image_lora, towers.vision_blocks)):
+            if (lora is not None and config.lora_dropout
+                    and not all(map(towers.takes_low_rank_path, blocks(clip)))):
+                log.warning("prompt.lora_dropout=%s is not applied on the %s tower: its blocks "
+                            "(%s) run LoRA as merged weights", config.lora_dropout, side,
+                            type(blocks(clip)[0]).__name__)
         # how the towers run LoRA: a low-rank path while it trains, merged weights kept otherwise
         self._text_lora_weights = towers.LoRAWeights()
         self._image_lora_weights = towers.LoRAWeights()

@@ -108,14 +108,16 @@ class LowRankAttention(nn.Module):
     """CLIP-LoRA's low-rank updates of one tower's attention projections, every layer.
 
     For each target t (q, k, v, o) and layer l: delta W = alpha / sqrt(r) * B[l] @ A[l], with
-    A (r, W) Kaiming-uniform and B (W, r) zero at the start (CLIP-LoRA's init and scaling).
+    A (r, W) Kaiming-uniform and B (W, r) zero at the start (CLIP-LoRA's init and scaling);
+    `dropout` on the input x of each x A^T B^T while training (CLIP-LoRA's, 0.25 there).
     The module only makes the deltas; `towers` adds them to the frozen weights for a call.
     """
 
     def __init__(self, layers: int, width: int, rank: int, alpha: float,
-                 targets: list[str]) -> None:
+                 targets: list[str], dropout: float = 0.0) -> None:
         super().__init__()
         self.targets, self.scaling = list(targets), alpha / math.sqrt(rank)
+        self.dropout = dropout  # on each update's input while training (the low-rank path)
         a = torch.empty(len(self.targets), layers, rank, width)
         for block in a.view(-1, rank, width):
             nn.init.kaiming_uniform_(block, a=math.sqrt(5))  # as nn.Linear's weight

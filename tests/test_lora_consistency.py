@@ -119,6 +119,34 @@ def test_low_rank_path_equals_merged_weights_with_their_gradients(tiny_clip, bat
     assert isinstance(towers.LoRAWeights()(lora, blocks)[0], towers.LowRank)  # grad on: taken
 
 
+def test_lora_dropout_drops_the_update_inputs_while_training_only(tiny_clip, batch):
+    """CLIP-LoRA's dropout acts on the low-rank path's inputs in training mode (outputs move
+    with the seeded mask, gradients reach the factors), never on the frozen projections (with
+    B = 0 the output stays the frozen CLIP's); in eval mode, the merged weights, no dropout."""
+    import dataclasses
+    images, _ = batch
+    plain = DualPromptCLIP(tiny_clip, LORA)
+    with torch.no_grad():
+        plain.image_lora.b.normal_(std=0.05)
+    dropped = DualPromptCLIP(tiny_clip, dataclasses.replace(LORA, lora_dropout=0.5))
+    dropped.load_state_dict(plain.state_dict())
+    plain.train(), dropped.train()
+    reference = plain.encode_image(images)
+    torch.manual_seed(0)
+    first = dropped.encode_image(images)
+    torch.manual_seed(0)
+    torch.testing.assert_close(dropped.encode_image(images), first, atol=0, rtol=0)  # seeded
+    second = dropped.encode_image(images)
+    assert not torch.allclose(first, reference) and not torch.allclose(first, second)
+    first.sum().backward()
+    assert dropped.image_lora.a.grad.abs().max() > 0 and dropped.image_lora.b.grad.abs().max() > 0
+    start = DualPromptCLIP(tiny_clip, dataclasses.replace(LORA, lora_dropout=0.5)).train()
+    torch.testing.assert_close(start.encode_image(images), tiny_clip.encode_image(images))
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped.encode_image(images), plain.encode_image(images),
+                               atol=0, rtol=0)
+
+
 def test_lora_on_one_tower_leaves_the_other_frozen(tiny_clip, batch, tmp_path):
     images, tokens = batch
     model = DualPromptCLIP(tiny_clip, PromptConfig(
@@ -149,7 +177,9 @@ def test_lora_on_one_tower_leaves_the_other_frozen(tiny_clip, batch, tmp_path):
     ({"lora_rank": 2, "lora_targets": ["q", "x"]}, "lora_targets"),
     ({"lora_rank": 2, "lora_targets": []}, "lora_targets"),
     ({"lora_rank": 2, "lora_towers": ["vision"]}, "lora_towers"),
-    ({"lora_rank": 2, "lora_towers": []}, "lora_towers")])
+    ({"lora_rank": 2, "lora_towers": []}, "lora_towers"),
+    ({"lora_rank": 2, "lora_dropout": -0.1}, "lora_dropout"),
+    ({"lora_rank": 2, "lora_dropout": 1.0}, "lora_dropout")])
 def test_lora_fields_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):
         PromptConfig(**fields)

@@ -31,8 +31,10 @@ from torch.func import functional_call
 @dataclass(frozen=True)
 class LowRank:
     """One layer's CLIP-LoRA factors, {target: (A (r, W), B (W, r))} with delta W = B @ A (B
-    already scaled), run as their own path beside the frozen projections (`run_block`)."""
+    already scaled), run as their own path beside the frozen projections (`run_block`), with
+    `dropout` on each path's input (CLIP-LoRA's)."""
     factors: dict[str, tuple[Tensor, Tensor]]
+    dropout: float = 0.0
 
 
 # Per layer: {parameter name in the block: the weight to run it with} (frozen weight + CLIP-LoRA
@@ -100,6 +102,7 @@ def _written_block(block: nn.Module, x: Tensor,
     gradients, is tested (tests/test_lora_consistency.py, tests/test_towers.py)."""
     attn = block.attn
     factors = weights.factors if isinstance(weights, LowRank) else {}
+    dropout = weights.dropout if isinstance(weights, LowRank) else 0.0
     named = weights if isinstance(weights, dict) else {}
     in_w = named.get(_ATTN_WEIGHTS[0], attn.in_proj_weight)
     out_w = named.get(_ATTN_WEIGHTS[1], attn.out_proj.weight)
@@ -122,6 +125,8 @@ def _written_block(block: nn.Module, x: Tensor,
         if t not in factors:
             return None
         a, b = factors[t]
+        if dropout:
+            inputs = F.dropout(inputs, dropout)
         return (inputs @ a.to(inputs.dtype).T) @ b.to(inputs.dtype).T
 
     qkv = [q, k, v]
@@ -167,7 +172,8 @@ class LoRAWeights:
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self._kept = None  # LoRA (or, fine-tuned, the attention) trains: in the graph
             if all(takes_low_rank_path(b) for b in blocks):
-                return [LowRank(f) for f in lora.factors()]
+                dropout = getattr(lora, "dropout", 0.0) if lora.training else 0.0
+                return [LowRank(f, dropout) for f in lora.factors()]
             return [lora_weights(b, d) for b, d in zip(blocks, lora())]
         # inference tensors (made under inference_mode) cannot be saved for a backward later
         key = (torch.is_inference_mode_enabled(), _state(params))
