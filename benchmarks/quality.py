@@ -60,6 +60,8 @@ BASELINES = {  # name -> overrides; "zero-shot" is read from the first run's zer
     "PromptSRC": ["method=promptsrc"],
     "CLIP-Adapter": ["method=clip_adapter"],
     "CLIP-LoRA": ["method=clip_lora"],
+    # as the committed runs before `prompt.lora_dropout` existed had it
+    "CLIP-LoRA without dropout": ["method=clip_lora", "prompt.lora_dropout=0"],
     "full fine-tuning": ["method=full_finetune", "optim.lr=1e-3"],
 }
 # Each row of ours spells out what it holds, so that its label stays true as the default

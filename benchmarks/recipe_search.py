@@ -61,7 +61,7 @@ EARLIER = {  # run before re-weighted negatives existed: pinned to the form they
     "ours + LoRA": [*FIRST_SHIPPED, "prompt.lora_rank=2"],
     "ours + adapters + text consistency": [*ADAPTERS, *KGCOOP_TERM, *K4],
     "CLIP-Adapter": ["method=clip_adapter"],
-    "CLIP-LoRA": ["method=clip_lora"],
+    "CLIP-LoRA without dropout": ["method=clip_lora", "prompt.lora_dropout=0"],
     # next: does our loss add to adapters alone, and do the prompts add to both?
     "adapters + our loss": [*NO_CONSISTENCY, "prompt=adapter", *K4],
     "ours + adapters, no visual prompts": [*NO_CONSISTENCY, "prompt=text", *ADAPTERS, *K4],
