@@ -2,6 +2,7 @@
 aggregation: parity at the start, what trains, the file round trip, the formulas."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -122,8 +123,7 @@ def test_low_rank_path_equals_merged_weights_with_their_gradients(tiny_clip, bat
 def test_lora_dropout_drops_the_update_inputs_while_training_only(tiny_clip, batch):
     """CLIP-LoRA's dropout acts on the low-rank path's inputs in training mode (outputs move
     with the seeded mask, gradients reach the factors), never on the frozen projections (with
-    B = 0 the output stays the frozen CLIP's); in eval mode, the merged weights, no dropout."""
-    import dataclasses
+    B = 0 the output stays the frozen CLIP's); none in eval mode."""
     images, _ = batch
     plain = DualPromptCLIP(tiny_clip, LORA)
     with torch.no_grad():

@@ -93,7 +93,7 @@ def test_clip_adapter_file_reproduces_its_metrics(toy, method_runs):  # noqa: F8
     assert again == results["test"]
 
 
-def test_full_finetune_exports_an_open_clip_folder_that_reproduces_its_metrics(
+def test_full_finetune_exports_an_open_clip_folder_that_reproduces_its_features(
         toy, tiny_config_file):  # noqa: F811
     run_dir = toy["tmp"] / "method_full_finetune"
     run_cli("dualprompt.train", toy, run_dir, "method=full_finetune", "trainer.max_epochs=2",
