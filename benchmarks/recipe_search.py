@@ -198,7 +198,8 @@ CANDIDATES = {
     "lr 9e-3, 1 negative, re-weighted negatives": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *LORA_R16, "prompt.lora_dropout=0.25"],
     # at rank 2, image LoRA alone kept more of transfer image->text (21.88 against 19.69): at
-    # rank 16, the text tower left frozen (its prompts and adapter still train)
+    # rank 16, the text tower left frozen (its prompts and adapter still train). Not taken:
+    # +4.41 (higher in 3 of 16 comparisons, level 3, lower 10); transfer 20.31 / 19.38
     "ours + PromptSRC consistency + adapters + image LoRA rank 16 at scale 0.71, lr 9e-3, "
     "1 negative, re-weighted negatives": [
         *CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *LORA_R16,
