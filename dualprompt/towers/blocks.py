@@ -172,7 +172,7 @@ class LoRAWeights:
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self._kept = None  # LoRA (or, fine-tuned, the attention) trains: in the graph
             if all(takes_low_rank_path(b) for b in blocks):
-                dropout = getattr(lora, "dropout", 0.0) if lora.training else 0.0
+                dropout = lora.dropout if lora.training else 0.0
                 return [LowRank(f, dropout) for f in lora.factors()]
             return [lora_weights(b, d) for b, d in zip(blocks, lora())]
         # inference tensors (made under inference_mode) cannot be saved for a backward later
