@@ -1,6 +1,8 @@
 """Parity of the re-run towers with open_clip on tiny models of every layout, and refusal of
 unsupported towers (the full-size backbones are in test_backbones.py)."""
 import copy
+import dataclasses
+import logging
 
 import open_clip
 import pytest
@@ -226,6 +228,23 @@ def test_lora_on_timm_blocks_equals_patched_weights(other_layout_configs, name):
             lora_weights(b, d) for b, d in zip(trunk.blocks, deltas)])
     assert _moved(ours, expected) < 1e-5
     assert _moved(ours, clip.encode_image(images)) > 1e-3
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_lora_dropout_on_timm_blocks_is_not_applied_and_says_so(
+        other_layout_configs, name, caplog):
+    """timm / EVA blocks run LoRA as merged weights, which have no per-input dropout: the model
+    warns at build, naming the tower, and training-mode features draw no mask."""
+    clip, images = _layout(name)
+    config = dataclasses.replace(OFF, lora_rank=2, lora_towers=["image"], lora_dropout=0.5)
+    with caplog.at_level(logging.WARNING, logger="dualprompt.model"):
+        model = DualPromptCLIP(clip, config).train()
+    assert "prompt.lora_dropout=0.5 is not applied on the image tower" in caplog.text
+    with torch.no_grad():
+        model.image_lora.b.normal_(std=0.05)
+    first = model.encode_image(images)
+    torch.testing.assert_close(model.encode_image(images), first, atol=0, rtol=0)
+    assert _moved(first, clip.encode_image(images)) > 1e-3  # LoRA acts, without dropout
 
 
 def test_bidirectional_text_tower_keeps_its_window(other_layout_configs, tokenizer):
