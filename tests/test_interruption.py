@@ -58,15 +58,15 @@ hydra.main(config_path=str(Path(cli.__file__).parents[1] / "conf"), config_name=
 pytestmark = pytest.mark.slow  # kills and resumes real training processes
 
 
-def start_paused(toy: dict, run_dir: Path, epoch: int, batch: int,
-                 workers: int = 0) -> subprocess.Popen:
+def start_paused(toy: dict, run_dir: Path, epoch: int, batch: int, workers: int = 0,
+                 run: tuple[str, ...] = RUN) -> subprocess.Popen:
     """Start a training run (in its own process group); return once it is paused after
     `batch` of `epoch`."""
     mark, log = run_dir.parent / f"{run_dir.name}.paused", run_dir.parent / f"{run_dir.name}.log"
     cmd = [sys.executable, "-c", PAUSING_CLI, f"hydra.searchpath=[file://{toy['conf']}]",
            "dataset=toy", "model=tiny", f"model.pretrained={toy['weights']}", "trainer=cpu",
            "trainer.enable_progress_bar=false", "data.batch_size=4",
-           f"data.num_workers={workers}", f"hydra.run.dir={run_dir}", *RUN]
+           f"data.num_workers={workers}", f"hydra.run.dir={run_dir}", *run]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=toy["tmp"], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True,
@@ -94,23 +94,28 @@ def checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def assert_same_run(run_dir: Path, reference: Path) -> None:
+def assert_same_run(run_dir: Path, reference: Path, **tolerance) -> None:
     """Same final checkpoint (learned tensors, optimizer state, counters), prompt file and test
-    metrics."""
+    metrics; tensors bitwise unless a `tolerance` (assert_close's atol, rtol) is given."""
     got, want = checkpoint(run_dir), checkpoint(reference)
+    exact = not tolerance
+    tolerance = tolerance or {"atol": 0.0, "rtol": 0.0}
     assert (got["epoch"], got["global_step"]) == (want["epoch"], want["global_step"]) == (2, 12)
     assert got["state_dict"].keys() == want["state_dict"].keys()
     for name, tensor in want["state_dict"].items():
-        torch.testing.assert_close(got["state_dict"][name], tensor, msg=name)
+        torch.testing.assert_close(got["state_dict"][name], tensor, msg=name, **tolerance)
     got_state, want_state = (c["optimizer_states"][0]["state"] for c in (got, want))
     assert got_state.keys() == want_state.keys() and want_state
     for index, state in want_state.items():  # AdamW (the default): step, exp_avg, exp_avg_sq
         assert got_state[index].keys() == state.keys() and "exp_avg" in state
         for key, value in state.items():
-            torch.testing.assert_close(got_state[index][key], value, msg=f"{index}.{key}")
+            torch.testing.assert_close(got_state[index][key], value, msg=f"{index}.{key}",
+                                       **tolerance)
     prompts = load_file(str(run_dir / "prompts.safetensors"))
     for name, tensor in load_file(str(reference / "prompts.safetensors")).items():
-        torch.testing.assert_close(prompts[name], tensor, msg=name)
+        torch.testing.assert_close(prompts[name], tensor, msg=name, **tolerance)
+    if not exact:  # to rounding: a toy query may change rank, so metrics are not compared
+        return
     results = json.loads((run_dir / "results.json").read_text())
     expected = json.loads((reference / "results.json").read_text())
     assert results["epochs_trained"] == expected["epochs_trained"] == 3
@@ -132,6 +137,21 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(toy, refer
     final = checkpoint(run_dir)["state_dict"]
     assert any(not torch.equal(final[k], v) for k, v in saved["state_dict"].items())
     assert_same_run(run_dir, reference)
+
+
+def test_cache_on_resume_ends_like_the_uninterrupted_run_to_rounding(toy):  # noqa: F811
+    """The default (`cache_frozen=true`): the resumed run refills the frozen-quantity cache in
+    other batches, so its products differ in the last bits (RUN's comment); the drift over the
+    remaining steps stays at rounding level, not at a lost or repeated step's."""
+    cached = (*(o for o in RUN if not o.startswith("cache_frozen=")), "cache_frozen=true")
+    reference = toy["tmp"] / "uninterrupted_cached"
+    run_cli("dualprompt.train", toy, reference, *cached)
+    run_dir = toy["tmp"] / "sigkill_cached"
+    proc = start_paused(toy, run_dir, epoch=1, batch=1, run=cached)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    run_cli("dualprompt.train", toy, run_dir, *cached, "ckpt_path=last")
+    assert_same_run(run_dir, reference, atol=1e-3, rtol=1e-3)
 
 
 def test_sigterm_saves_mid_epoch_exits_143_and_resumes_exactly(toy, reference):  # noqa: F811
