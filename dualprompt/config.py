@@ -32,8 +32,10 @@ class SubcategoryQuery(StrEnum):
 
 
 # the attention projections CLIP-LoRA can update: query, key, value (open_clip's in_proj) and
-# output (out_proj)
-LORA_TARGETS = ("q", "k", "v", "o")
+# output (out_proj); and the MLP's first (W -> H: open_clip's c_fc, timm's fc1) and second
+# (H -> W: c_proj, fc2) linear layer
+MLP_TARGETS = ("mlp_in", "mlp_out")
+LORA_TARGETS = ("q", "k", "v", "o", *MLP_TARGETS)
 
 
 @dataclass
@@ -88,7 +90,8 @@ class PromptConfig:
     text_adapter_ratio: float = 0.0
     adapter_reduction: int = 4  # bottleneck width = feature dim / reduction
     # CLIP-LoRA (Zanella & Ben Ayed 2024): a low-rank update W + alpha / sqrt(rank) * B A of
-    # the attention projections `lora_targets` (of q, k, v, o) in every layer of the towers
+    # the weights `lora_targets` (of the attention's q, k, v, o and the MLP's mlp_in, mlp_out;
+    # CLIP-LoRA's are q, k, v) in every layer of the towers
     # `lora_towers` (both, as CLIP-LoRA); B starts at zero, so training starts from the frozen
     # CLIP. A rank of 0 switches it off.
     lora_rank: int = 0

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 import open_clip
 
 from . import towers
-from .config import PromptConfig, SubcategoryQuery
+from .config import MLP_TARGETS, PromptConfig, SubcategoryQuery
 from .prompt_file import save_prompts
 from .prompts import (AttributePrompts, FeatureAdapter, LowRankAttention, SubcategoryPrompts,
                       VisualPrompts)
@@ -101,14 +101,16 @@ class DualPromptCLIP(nn.Module):
                                             config.text_adapter_ratio)
                              if config.text_adapter_ratio else None)
         self.text_lora = self.image_lora = None
+        mlp = bool(set(config.lora_targets) & set(MLP_TARGETS))
         if config.lora_rank and "text" in config.lora_towers:
-            self.text_lora = LowRankAttention(tower.layers, width, config.lora_rank,
-                                              config.lora_alpha, config.lora_targets,
-                                              config.lora_dropout)
+            self.text_lora = LowRankAttention(
+                tower.layers, width, config.lora_rank, config.lora_alpha, config.lora_targets,
+                config.lora_dropout, mlp and towers.mlp_width(towers.text_blocks(clip)[0]))
         if config.lora_rank and "image" in config.lora_towers:
             self.image_lora = LowRankAttention(
                 towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
-                config.lora_alpha, config.lora_targets, config.lora_dropout)
+                config.lora_alpha, config.lora_targets, config.lora_dropout,
+                mlp and towers.mlp_width(towers.vision_blocks(clip)[0]))
         for side, lora, blocks in (("text", self.text_lora, towers.text_blocks),
                                    ("image", self.image_lora, towers.vision_blocks)):
             if (lora is not None and config.lora_dropout

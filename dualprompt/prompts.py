@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import MLP_TARGETS
+
 
 class AttributePrompts(nn.Module):
     """Attribute-level text vectors, one set per prompted layer: shared by every caption, or
@@ -105,33 +107,61 @@ class VisualPrompts(nn.Module):
 
 
 class LowRankAttention(nn.Module):
-    """CLIP-LoRA's low-rank updates of one tower's attention projections, every layer.
+    """CLIP-LoRA's low-rank updates of one tower's attention projections, every layer, and
+    optionally of its MLP's two linear layers.
 
-    For each target t (q, k, v, o) and layer l: delta W = alpha / sqrt(r) * B[l] @ A[l], with
-    A (r, W) Kaiming-uniform and B (W, r) zero at the start (CLIP-LoRA's init and scaling);
+    For each target t and layer l: delta W = alpha / sqrt(r) * B[l] @ A[l], with A (r, in)
+    Kaiming-uniform and B (out, r) zero at the start (CLIP-LoRA's init and scaling);
     `dropout` on the input x of each x A^T B^T while training (CLIP-LoRA's, 0.25 there).
+    Attention targets (q, k, v, o; W -> W) share `a` (T, L, r, W) and `b` (T, L, W, r); the
+    MLP's `mlp_in` (W -> H) and `mlp_out` (H -> W), as LoRA on all linear layers (QLoRA's
+    reading: needed to match full fine-tuning), have their own (L, r, in) and (L, out, r).
     The module only makes the deltas; `towers` adds them to the frozen weights for a call.
     """
 
     def __init__(self, layers: int, width: int, rank: int, alpha: float,
-                 targets: list[str], dropout: float = 0.0) -> None:
+                 targets: list[str], dropout: float = 0.0, mlp_width: int = 0) -> None:
         super().__init__()
         self.targets, self.scaling = list(targets), alpha / math.sqrt(rank)
         self.dropout = dropout  # on each update's input while training (the low-rank path)
-        a = torch.empty(len(self.targets), layers, rank, width)
-        for block in a.view(-1, rank, width):
-            nn.init.kaiming_uniform_(block, a=math.sqrt(5))  # as nn.Linear's weight
-        self.a = nn.Parameter(a)  # (T, L, r, W)
-        self.b = nn.Parameter(torch.zeros(len(self.targets), layers, width, rank))  # (T, L, W, r)
+        self.layers = layers
+        self.attention = [t for t in self.targets if t not in MLP_TARGETS]
+        self.mlp = [t for t in self.targets if t in MLP_TARGETS]
+        if self.mlp and not mlp_width:
+            raise ValueError(f"LoRA on {self.mlp} needs the MLP's hidden width")
+        self.a = self.b = None
+        if self.attention:
+            self.a = nn.Parameter(_kaiming(len(self.attention), layers, rank, width))
+            self.b = nn.Parameter(torch.zeros(len(self.attention), layers, width, rank))
+        for t in self.mlp:  # (in, out) widths of the MLP's first and second linear layer
+            fan_in, fan_out = (width, mlp_width) if t == "mlp_in" else (mlp_width, width)
+            setattr(self, f"{t}_a", nn.Parameter(_kaiming(1, layers, rank, fan_in)[0]))
+            setattr(self, f"{t}_b", nn.Parameter(torch.zeros(layers, fan_out, rank)))
 
     def forward(self) -> list[dict[str, Tensor]]:
-        """Per layer, {target: delta (W, W)}."""
-        deltas = self.scaling * (self.b @ self.a)  # (T, L, W, W)
-        return [{t: deltas[i, layer] for i, t in enumerate(self.targets)}
-                for layer in range(deltas.shape[1])]
+        """Per layer, {target: delta (out, in)}."""
+        stacked = {}  # target -> (L, out, in)
+        if self.attention:
+            deltas = self.scaling * (self.b @ self.a)  # (T, L, W, W)
+            stacked.update({t: deltas[i] for i, t in enumerate(self.attention)})
+        for t in self.mlp:
+            stacked[t] = self.scaling * (getattr(self, f"{t}_b") @ getattr(self, f"{t}_a"))
+        return [{t: d[layer] for t, d in stacked.items()} for layer in range(self.layers)]
 
     def factors(self) -> list[dict[str, tuple[Tensor, Tensor]]]:
-        """Per layer, {target: (A (r, W), scaling * B (W, r))}: the delta is their product."""
-        b = self.scaling * self.b
-        return [{t: (self.a[i, layer], b[i, layer]) for i, t in enumerate(self.targets)}
-                for layer in range(self.a.shape[1])]
+        """Per layer, {target: (A (r, in), scaling * B (out, r))}: the delta is their product."""
+        pairs = {}
+        if self.attention:
+            b = self.scaling * self.b
+            pairs.update({t: (self.a[i], b[i]) for i, t in enumerate(self.attention)})
+        for t in self.mlp:
+            pairs[t] = (getattr(self, f"{t}_a"), self.scaling * getattr(self, f"{t}_b"))
+        return [{t: (a[layer], b[layer]) for t, (a, b) in pairs.items()}
+                for layer in range(self.layers)]
+
+
+def _kaiming(targets: int, layers: int, rank: int, fan_in: int) -> Tensor:
+    a = torch.empty(targets, layers, rank, fan_in)
+    for block in a.view(-1, rank, fan_in):
+        nn.init.kaiming_uniform_(block, a=math.sqrt(5))  # as nn.Linear's weight
+    return a

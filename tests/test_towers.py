@@ -135,12 +135,14 @@ def test_a_block_computes_only_the_rows_that_are_read(tiny_clip, tower, weights)
     torch.manual_seed(0)
     x = torch.randn(4, 9, width, requires_grad=True)
     kwargs = {"attn_mask": clip.attn_mask[:9, :9]} if tower == "text" else {}
-    lora = DualPromptCLIP(clip, PromptConfig(attribute_length=0, subcategory_length=0,
-                                             visual_length=0, lora_rank=2,
-                                             lora_targets=["q", "k", "v", "o"]))
+    lora = DualPromptCLIP(clip, PromptConfig(
+        attribute_length=0, subcategory_length=0, visual_length=0, lora_rank=2,
+        lora_targets=["q", "k", "v", "o", "mlp_in", "mlp_out"]))
     lora = lora.text_lora if tower == "text" else lora.image_lora
     with torch.no_grad():
-        lora.b.normal_(std=0.05)
+        for name, factor in lora.named_parameters():
+            if name.endswith("b"):
+                factor.normal_(std=0.05)
     block.requires_grad_(weights == "fine-tuned")
 
     def run(**extra):
@@ -211,18 +213,23 @@ def _moved(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_lora_on_timm_blocks_equals_patched_weights(other_layout_configs, name):
-    """Low-rank deltas on a timm tower give what the tower gives with its q, k, v and output
-    weights patched in place (on a copy)."""
+    """Low-rank deltas on a timm tower give what the tower gives with its q, k, v, output and
+    MLP weights patched in place (on a copy)."""
     clip, images = _layout(name)
     torch.manual_seed(2)
     trunk = clip.visual.trunk
     width = towers.vision_width(clip)
-    deltas = [{t: 0.05 * torch.randn(width, width) for t in "qkvo"} for _ in trunk.blocks]
+    hidden = towers.mlp_width(trunk.blocks[0])
+    deltas = [{**{t: 0.05 * torch.randn(width, width) for t in "qkvo"},
+               "mlp_in": 0.05 * torch.randn(hidden, width),
+               "mlp_out": 0.05 * torch.randn(width, hidden)} for _ in trunk.blocks]
     patched = copy.deepcopy(clip.visual)
     with torch.no_grad():
         for block, d in zip(patched.trunk.blocks, deltas):
             block.attn.qkv.weight += torch.cat([d["q"], d["k"], d["v"]])
             block.attn.proj.weight += d["o"]
+            block.mlp.fc1.weight += d["mlp_in"]
+            block.mlp.fc2.weight += d["mlp_out"]
         expected = patched(images)
         ours = towers.encode_image(clip.visual, images, (), block_weights=[
             lora_weights(b, d) for b, d in zip(trunk.blocks, deltas)])

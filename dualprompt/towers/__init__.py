@@ -21,12 +21,13 @@ from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
 
 from . import open_clip_vit, timm_vit
-from .blocks import BlockWeights, LoRAWeights, LowRank, run_block, takes_low_rank_path
+from .blocks import (BlockWeights, LoRAWeights, LowRank, mlp_width, run_block,
+                     takes_low_rank_path)
 from .text import (TextTower, content_mask, end_index, output_dim, project, text_hidden,
                    text_tower)
 
 __all__ = ["BlockWeights", "LoRAWeights", "LowRank", "TextTower", "content_mask", "embed_dim",
-           "encode_image", "end_index", "image_size", "is_clip_vit", "project",
+           "encode_image", "end_index", "image_size", "is_clip_vit", "mlp_width", "project",
            "run_block", "takes_low_rank_path", "takes_visual_prompts", "text_blocks",
            "text_features", "text_hidden", "text_layers", "text_tower", "text_width",
            "vision_blocks", "vision_layers", "vision_width"]

@@ -1,18 +1,19 @@
 """Transformer blocks and token sequences, the same in every tower: a block run with CLIP-LoRA's
-low-rank deltas added to its attention projections for that call only (the module's own
+low-rank deltas added to its attention projections (and MLP) for that call only (the module's own
 weights are never written), a block that computes only the rows that are read (`run_block`'s
 `rows`), and prompt vectors written into a token sequence.
 
-The deltas are a {target: (W, W)} dict per layer, targets among q, k, v, o
-(`prompts.LowRankAttention`). `LoRAWeights` decides how a tower runs them: while they train,
-open_clip's own blocks take them as a low-rank path beside the frozen projections (`LowRank`)
-and other blocks get them added to the frozen weights per call; when they do not train, they
-are added once and kept for as long as they stay unchanged.
+The deltas are a {target: (out, in)} dict per layer, targets among q, k, v, o and the MLP's
+mlp_in, mlp_out (`prompts.LowRankAttention`). `LoRAWeights` decides how a tower runs them:
+while they train, open_clip's own blocks take them as a low-rank path beside the frozen
+projections (`LowRank`) and other blocks get them added to the frozen weights per call; when
+they do not train, they are added once and kept for as long as they stay unchanged.
 Where each target lives depends on the block family:
 - open_clip `ResidualAttentionBlock`: `nn.MultiheadAttention`, q, k, v stacked in
   ``attn.in_proj_weight`` (3W, W), o in ``attn.out_proj.weight``;
 - timm ViT / EVA blocks: q, k, v stacked in ``attn.qkv.weight``, or EVA's separate
-  ``attn.q_proj`` / ``k_proj`` / ``v_proj``; o in ``attn.proj.weight``.
+  ``attn.q_proj`` / ``k_proj`` / ``v_proj``; o in ``attn.proj.weight``;
+- the MLP: open_clip's ``mlp.c_fc`` / ``mlp.c_proj``, timm's ``mlp.fc1`` / ``mlp.fc2``.
 peft's LoRA would wrap (and so replace) these modules in the served CLIP; a per-call
 `functional_call` keeps the CLIP untouched, which is what a prompt file needs.
 """
@@ -27,10 +28,12 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..config import MLP_TARGETS
+
 
 @dataclass(frozen=True)
 class LowRank:
-    """One layer's CLIP-LoRA factors, {target: (A (r, W), B (W, r))} with delta W = B @ A (B
+    """One layer's CLIP-LoRA factors, {target: (A (r, in), B (out, r))} with delta W = B @ A (B
     already scaled), run as their own path beside the frozen projections (`run_block`), with
     `dropout` on each path's input (CLIP-LoRA's)."""
     factors: dict[str, tuple[Tensor, Tensor]]
@@ -70,8 +73,9 @@ def _take(x: Tensor, rows: Tensor) -> Tensor:
 
 def _writes_out(weights: Union[dict[str, Tensor], LowRank, None]) -> bool:
     """Whether `_written_block` runs these weights: LoRA factors, or replaced attention
-    projections (what `lora_weights` gives an open_clip block)."""
-    return isinstance(weights, LowRank) or not weights or set(weights) <= set(_ATTN_WEIGHTS)
+    projections and MLP weights (what `lora_weights` gives an open_clip block)."""
+    return (isinstance(weights, LowRank) or not weights
+            or set(weights) <= set(_ATTN_WEIGHTS + _MLP_WEIGHTS))
 
 
 def takes_low_rank_path(block: nn.Module) -> bool:
@@ -84,6 +88,7 @@ def takes_low_rank_path(block: nn.Module) -> bool:
 
 
 _ATTN_WEIGHTS = ("attn.in_proj_weight", "attn.out_proj.weight")
+_MLP_WEIGHTS = ("mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def _written_block(block: nn.Module, x: Tensor,
@@ -92,14 +97,15 @@ def _written_block(block: nn.Module, x: Tensor,
     """`ResidualAttentionBlock.forward` (self-attention), written out for two savings that
     `nn.MultiheadAttention`, which projects q, k, v inside one call, cannot take:
     - LoRA's low-rank path (`LowRank` weights): x A^T B^T added to the frozen q, k, v and
-      output projections, the merged weights' numbers, but its backward forms only the rank-r
+      output projections (and MLP layers), the merged weights' numbers, but its backward forms
+      only the rank-r
       factors' gradients, where merged weights need a full (3W, W) weight gradient per layer
       (that made the training step 0.96x full fine-tuning's; benchmarks/perf);
     - `rows` (B, m): the outputs of those positions only, (B, m, W): keys and values from
       every position, the query, output projection and MLP of these (`run_block`).
-    `weights` may also be {parameter name: weight} for the attention projections (merged
-    LoRA weights, `lora_weights`). Parity with the module's own forward, features and
-    gradients, is tested (tests/test_lora_consistency.py, tests/test_towers.py)."""
+    `weights` may also be {parameter name: weight} for the attention projections and MLP
+    weights (merged LoRA weights, `lora_weights`). Parity with the module's own forward,
+    features and gradients, is tested (tests/test_lora_consistency.py, tests/test_towers.py)."""
     attn = block.attn
     factors = weights.factors if isinstance(weights, LowRank) else {}
     dropout = weights.dropout if isinstance(weights, LowRank) else 0.0
@@ -145,7 +151,19 @@ def _written_block(block: nn.Module, x: Tensor,
     if extra is not None:
         out = out + extra
     x = x + block.ls_1(out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    h = block.ln_2(x)
+    mlp = block.mlp
+    if not (set(factors) | set(named)) & set(MLP_TARGETS + _MLP_WEIGHTS):
+        return x + block.ls_2(mlp(h))
+    if list(mlp._modules) != ["c_fc", "gelu", "c_proj"]:  # written out below as these three
+        raise NotImplementedError(f"LoRA on an MLP of {list(mlp._modules)}: expected open_clip's"
+                                  f" c_fc, gelu, c_proj")
+    u = F.linear(h, named.get(_MLP_WEIGHTS[0], mlp.c_fc.weight), mlp.c_fc.bias)
+    extra = low_rank("mlp_in", h)
+    u = mlp.gelu(u if extra is None else u + extra)
+    y = F.linear(u, named.get(_MLP_WEIGHTS[1], mlp.c_proj.weight), mlp.c_proj.bias)
+    extra = low_rank("mlp_out", u)
+    return x + block.ls_2(y if extra is None else y + extra)
 
 
 class LoRAWeights:
@@ -220,7 +238,31 @@ def lora_weights(block: nn.Module, deltas: dict[str, Tensor]) -> dict[str, Tenso
     if deltas.get("o") is not None:
         w = params[out]
         weights[out] = w + _fit(deltas["o"], w)
+    mlp = {t: d for t, d in deltas.items() if t in MLP_TARGETS and d is not None}
+    if mlp:
+        for t, name in zip(MLP_TARGETS, mlp_weight_names(block)):
+            if t in mlp:
+                weights[name] = params[name] + _fit(mlp[t], params[name])
     return weights
+
+
+def mlp_weight_names(block: nn.Module) -> tuple[str, str]:
+    """The parameter names of a block's MLP's first and second linear weight (LoRA's mlp_in
+    and mlp_out): open_clip's c_fc / c_proj, timm's fc1 / fc2."""
+    mlp = getattr(block, "mlp", None)
+    for first, second in (("c_fc", "c_proj"), ("fc1", "fc2")):
+        if all(isinstance(getattr(mlp, n, None), nn.Linear) for n in (first, second)):
+            return f"mlp.{first}.weight", f"mlp.{second}.weight"
+    raise NotImplementedError(
+        f"LoRA on the MLP needs two linear layers (open_clip's c_fc / c_proj or timm's fc1 / "
+        f"fc2); got {type(mlp).__name__} in {type(block).__name__} (a gated MLP, such as "
+        f"EVA02's SwiGLU, is not supported): leave mlp_in / mlp_out out of prompt.lora_targets")
+
+
+def mlp_width(block: nn.Module) -> int:
+    """The hidden width of a block's MLP (the output width of its first linear layer)."""
+    first = mlp_weight_names(block)[0]
+    return dict(block.named_parameters())[first].shape[0]
 
 
 def expand(prompt: Tensor, like: Tensor) -> Tensor:
