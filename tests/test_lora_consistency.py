@@ -163,6 +163,21 @@ def test_lora_on_the_mlp_starts_frozen_trains_and_round_trips(tiny_clip, batch, 
                                    atol=0, rtol=0)
 
 
+def test_merged_mlp_weights_are_made_again_when_the_frozen_mlp_changes(tiny_clip, batch):
+    images, _ = batch
+    model = DualPromptCLIP(tiny_clip, LORA_ALL)
+    merges = []
+    model.image_lora.register_forward_hook(lambda *_: merges.append(1))
+    _randomise_b(model.image_lora)
+    with torch.no_grad():
+        first = model.encode_image(images)
+        model.encode_image(images)
+        assert len(merges) == 1
+        tiny_clip.visual.transformer.resblocks[0].mlp.c_fc.weight.mul_(0.5)
+        moved = model.encode_image(images)
+    assert len(merges) == 2 and (moved - first).abs().max() > 1e-4
+
+
 def test_lora_on_a_gated_mlp_is_refused_by_name():
     from timm.layers import SwiGLU
     block = torch.nn.Module()

@@ -97,9 +97,9 @@ def _written_block(block: nn.Module, x: Tensor,
     """`ResidualAttentionBlock.forward` (self-attention), written out for two savings that
     `nn.MultiheadAttention`, which projects q, k, v inside one call, cannot take:
     - LoRA's low-rank path (`LowRank` weights): x A^T B^T added to the frozen q, k, v and
-      output projections (and MLP layers), the merged weights' numbers, but its backward forms
-      only the rank-r
-      factors' gradients, where merged weights need a full (3W, W) weight gradient per layer
+      output projections (and MLP layers), the merged weights' numbers, but its backward
+      forms only the rank-r factors' gradients, where merged weights need a full (3W, W)
+      weight gradient per layer
       (that made the training step 0.96x full fine-tuning's; benchmarks/perf);
     - `rows` (B, m): the outputs of those positions only, (B, m, W): keys and values from
       every position, the query, output projection and MLP of these (`run_block`).
@@ -167,7 +167,8 @@ def _written_block(block: nn.Module, x: Tensor,
 
 
 class LoRAWeights:
-    """A tower's blocks' attention weights with a `LowRankAttention`'s deltas added.
+    """A tower's blocks' attention (and, when targeted, MLP) weights with a
+    `LowRankAttention`'s deltas added.
 
     While the deltas train (grad enabled and the LoRA tensors, or the attention weights, require
     it), open_clip's own blocks run them as a low-rank path beside the frozen projections
@@ -187,6 +188,8 @@ class LoRAWeights:
     def __call__(self, lora: nn.Module,
                  blocks: Sequence[nn.Module]) -> list[Union[dict[str, Tensor], LowRank]]:
         params = list(lora.parameters()) + [p for b in blocks for p in b.attn.parameters()]
+        if lora.mlp:  # LoRA on the MLP: its frozen weights are merged too
+            params += [p for b in blocks for p in b.mlp.parameters()]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             self._kept = None  # LoRA (or, fine-tuned, the attention) trains: in the graph
             if all(takes_low_rank_path(b) for b in blocks):
