@@ -25,6 +25,15 @@ LORA = PromptConfig(attribute_length=0, subcategory_length=0, visual_length=0, l
 LORA_ALL = dataclasses.replace(LORA, lora_targets=["q", "k", "v", "o", "mlp_in", "mlp_out"])
 
 
+def _two_steps(model: torch.nn.Module, loss) -> None:
+    """Two AdamW steps (lr 1e-2) on the model's trainable tensors against `loss()`."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+
+
 def _randomise_b(lora: torch.nn.Module) -> None:
     """B starts at zero (the frozen CLIP): give every target's B values."""
     with torch.no_grad():
@@ -146,13 +155,8 @@ def test_lora_on_the_mlp_starts_frozen_trains_and_round_trips(tiny_clip, batch, 
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokens), tiny_clip.encode_text(tokens),
                                    atol=1e-5, rtol=0)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        loss = -(model.encode_image(images, normalize=True)
-                 * model.encode_text(tokens, normalize=True)).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _two_steps(model, lambda: -(model.encode_image(images, normalize=True)
+                                * model.encode_text(tokens, normalize=True)).sum())
     assert lora.mlp_out_b.abs().max() > 0 and model.image_lora.mlp_in_b.abs().max() > 0
     with torch.no_grad():
         loaded = load_prompts(model.save_prompts(tmp_path / "mlp.safetensors"), make_tiny_clip())
@@ -220,13 +224,8 @@ def test_lora_on_one_tower_leaves_the_other_frozen(tiny_clip, batch, tmp_path):
         lora_towers=["image"]))
     assert model.text_lora is None and model.image_lora is not None
     assert model.num_trainable_parameters() == 3 * 3 * (2 * 64 + 64 * 2)  # image q, k, v
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        loss = -(model.encode_image(images, normalize=True)
-                 * tiny_clip.encode_text(tokens, normalize=True)).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _two_steps(model, lambda: -(model.encode_image(images, normalize=True)
+                                * tiny_clip.encode_text(tokens, normalize=True)).sum())
     with torch.no_grad():
         assert (model.encode_image(images) - tiny_clip.encode_image(images)).abs().max() > 1e-3
         torch.testing.assert_close(model.encode_text(tokens), tiny_clip.encode_text(tokens),
