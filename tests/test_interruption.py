@@ -111,11 +111,11 @@ def assert_same_run(run_dir: Path, reference: Path, **tolerance) -> None:
         for key, value in state.items():
             torch.testing.assert_close(got_state[index][key], value, msg=f"{index}.{key}",
                                        **tolerance)
+    if not exact:  # to rounding: a validation tie may flip, and with it the best epoch that
+        return     # the prompt file and the test metrics come from, so only the end state
     prompts = load_file(str(run_dir / "prompts.safetensors"))
     for name, tensor in load_file(str(reference / "prompts.safetensors")).items():
         torch.testing.assert_close(prompts[name], tensor, msg=name, **tolerance)
-    if not exact:  # to rounding: a toy query may change rank, so metrics are not compared
-        return
     results = json.loads((run_dir / "results.json").read_text())
     expected = json.loads((reference / "results.json").read_text())
     assert results["epochs_trained"] == expected["epochs_trained"] == 3
@@ -141,8 +141,10 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(toy, refer
 
 def test_cache_on_resume_ends_like_the_uninterrupted_run_to_rounding(toy):  # noqa: F811
     """The default (`cache_frozen=true`): the resumed run refills the frozen-quantity cache in
-    other batches, so its products differ in the last bits (RUN's comment); the drift over the
-    remaining steps stays at rounding level, not at a lost or repeated step's."""
+    other batches, so its products differ in the last bits (RUN's comment); the drift of the
+    final learned tensors and optimizer state stays at rounding level, not at a lost or
+    repeated step's. (The best epoch, chosen on the toy's validation split, can flip on such a
+    difference, so the exported prompt file and test metrics are not compared here.)"""
     cached = (*(o for o in RUN if not o.startswith("cache_frozen=")), "cache_frozen=true")
     reference = toy["tmp"] / "uninterrupted_cached"
     run_cli("dualprompt.train", toy, reference, *cached)
