@@ -99,13 +99,13 @@ def markdown(runs: list[dict], meta: dict) -> str:
         done = [r for r in runs if r["setting"] == setting]
         return {k: statistics.fmean(r["val"][key][k] for r in done) for k in R1}
 
+    base = {s: mean(s, f"{PARTS[0]} x 1.0") for s in settings}  # as trained
     for part in PARTS:
         for w in WEIGHTS:
             if w == 1.0 and part != PARTS[0]:
                 continue
             key = f"{part} x {w}"
             means = {s: mean(s, key) for s in settings}
-            base = {s: mean(s, f"{PARTS[0]} x 1.0") for s in settings}
             gain = statistics.fmean(means[s][k] - zero[s][k] for s in settings for k in R1)
             diffs = [means[s][k] - base[s][k] for s in settings for k in R1]
             versus = (f"{sum(d > 1e-6 for d in diffs)} / {sum(abs(d) <= 1e-6 for d in diffs)}"

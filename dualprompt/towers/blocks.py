@@ -89,6 +89,7 @@ def takes_low_rank_path(block: nn.Module) -> bool:
 
 _ATTN_WEIGHTS = ("attn.in_proj_weight", "attn.out_proj.weight")
 _MLP_WEIGHTS = ("mlp.c_fc.weight", "mlp.c_proj.weight")
+_MLP_KEYS = frozenset(MLP_TARGETS + _MLP_WEIGHTS)  # what makes `_written_block` write the MLP
 
 
 def _written_block(block: nn.Module, x: Tensor,
@@ -153,7 +154,7 @@ def _written_block(block: nn.Module, x: Tensor,
     x = x + block.ls_1(out)
     h = block.ln_2(x)
     mlp = block.mlp
-    if not (set(factors) | set(named)) & set(MLP_TARGETS + _MLP_WEIGHTS):
+    if _MLP_KEYS.isdisjoint(factors) and _MLP_KEYS.isdisjoint(named):  # every call: no sets
         return x + block.ls_2(mlp(h))
     if list(mlp._modules) != ["c_fc", "gelu", "c_proj"]:  # written out below as these three
         raise NotImplementedError(f"LoRA on an MLP of {list(mlp._modules)}: expected open_clip's"
@@ -264,8 +265,7 @@ def mlp_weight_names(block: nn.Module) -> tuple[str, str]:
 
 def mlp_width(block: nn.Module) -> int:
     """The hidden width of a block's MLP (the output width of its first linear layer)."""
-    first = mlp_weight_names(block)[0]
-    return dict(block.named_parameters())[first].shape[0]
+    return block.get_parameter(mlp_weight_names(block)[0]).shape[0]
 
 
 def expand(prompt: Tensor, like: Tensor) -> Tensor:
