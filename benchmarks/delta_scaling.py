@@ -1,12 +1,16 @@
-"""Validation-only check of WiSE-FT for the default: learned deltas scaled toward frozen CLIP.
+"""Validation-only WiSE-FT check for the default: the trained model pulled toward frozen CLIP.
 
 WiSE-FT (Wortsman et al., CVPR 2022) interpolates fine-tuned weights with the zero-shot ones to
 keep robustness under distribution shift. The default's additive parts interpolate exactly: a
 LoRA delta scaled by w (B <- w B) and an adapter's residual ratio scaled by w are the weights
-(1 - w) * frozen + w * trained; the prompt vectors have no zero-shot counterpart and stay. Each
-run trains the default once on a recipe_search setting (`test=false`, except transfer, whose
-"test" gallery is craft's VALIDATION split), loads its prompt file onto the frozen CLIP and
-scores validation R@1 with LoRA and adapters scaled together, LoRA alone and adapters alone.
+(1 - w) * frozen + w * trained; the prompt vectors have no zero-shot counterpart and stay. The
+paper's other form ensembles outputs: w * the trained model's normalised features + (1 - w) *
+the frozen CLIP's, renormalised; for text it would cost nothing at inference (the pool query
+is the frozen text feature), for images a second pass. Each run trains the default once on a
+recipe_search setting (`test=false`, except transfer, whose "test" gallery is craft's
+VALIDATION split), loads its prompt file onto the frozen CLIP and scores validation R@1 with
+LoRA and adapters scaled together, LoRA alone, adapters alone, and the text features, or both
+towers' features, ensembled.
 
     python benchmarks/delta_scaling.py --out benchmarks/results --seeds 0 1
     python benchmarks/delta_scaling.py --report-only
@@ -19,25 +23,32 @@ import argparse
 import json
 import logging
 import statistics
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from dualprompt import towers
 from dualprompt.cli.train import build_data, load_base, train
+from dualprompt.model import DualPromptCLIP
 from dualprompt.serve import load_prompts
 from dualprompt.training.factory import eval_trainer
 from dualprompt.training.module import PromptRetrievalModule
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 from method_overrides import ADAPTERS, CONSISTENCY, K1, LORA_R16, REWEIGHTED_NEGATIVES
-from recipe_search import CONF, R1, SETTINGS, _slug
+from recipe_search import CONF, GAIN_SETTINGS, R1, SETTINGS, _slug
 
 # the rank-16 default, spelled out so that the label stays true as the default moves
 DEFAULT = [*CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *LORA_R16]
 WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)
-PARTS = ("LoRA + adapters", "LoRA", "adapters")
+PARTS = ("LoRA + adapters", "LoRA", "adapters")  # weight space
+OUTPUTS = ("text features", "text and image features")  # output space
 log = logging.getLogger("benchmarks.delta_scaling")
 
 
@@ -71,21 +82,61 @@ def run(setting: str, seed: int, out: Path) -> dict:
             (tester.test if transfer else tester.validate)(module, datamodule=data,
                                                            verbose=False)
             scored[f"{part} x {w}"] = getattr(module, f"{split}_results")["AVG"]
+    with torch.no_grad():
+        for m, b in zip(loras, trained_b):
+            m.b.copy_(b)
+    for m, ratio in zip(adapters, trained_ratio):
+        m.ratio = ratio
+    for part in OUTPUTS:
+        for w in WEIGHTS[1:]:
+            with _ensembled(model, w, images=part != OUTPUTS[0]):
+                module = PromptRetrievalModule(model, val_domains=data.val_domains(),
+                                               test_domains=data.test_domains())
+                tester = eval_trainer(cfg.trainer, run_dir)
+                (tester.test if transfer else tester.validate)(module, datamodule=data,
+                                                               verbose=False)
+            scored[f"{part} x {w}"] = getattr(module, f"{split}_results")["AVG"]
     zero = results["zero_shot" if transfer else "zero_shot_val"]["AVG"]
     return {"setting": setting, "seed": seed, "overrides": overrides, "val": scored,
             "zero_shot_val": zero, "trained_val": results[split]["AVG"],
             "train_seconds": results["train_seconds"]}
 
 
+@contextmanager
+def _ensembled(model: DualPromptCLIP, w: float, images: bool) -> Iterator[None]:
+    """For the block: `model.encode_text` (and, with `images`, `encode_image`) give w * the
+    model's normalised features + (1 - w) * the frozen CLIP's, renormalised (always normalised:
+    the evaluation asks for that)."""
+    text, image = model.encode_text, model.encode_image
+
+    def mix(trained: Tensor, frozen: Tensor) -> Tensor:
+        trained, frozen = F.normalize(trained, dim=-1), F.normalize(frozen, dim=-1)
+        return F.normalize(w * trained + (1 - w) * frozen, dim=-1)
+
+    model.encode_text = lambda tokens, normalize=False, **kwargs: mix(
+        text(tokens, **kwargs), towers.text_features(model.clip, tokens))
+    if images:
+        model.encode_image = lambda batch, normalize=False: mix(
+            image(batch), towers.encode_image(model.clip.visual, batch))
+    try:
+        yield
+    finally:  # back to the class's methods
+        del model.encode_text
+        if images:
+            del model.encode_image
+
+
 def markdown(runs: list[dict], meta: dict) -> str:
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in runs)]
     seeds = sorted({r["seed"] for r in runs})
-    lines = ["# WiSE-FT for the default: LoRA and adapters scaled toward the frozen CLIP "
+    lines = ["# WiSE-FT for the default: the trained model pulled toward the frozen CLIP "
              "(validation only)", "",
              "Mean VALIDATION R@1 image->text / text->image (%) over seeds "
              f"{', '.join(map(str, seeds))}: the rank-16 default trained once per setting and "
              "seed, then scored with its LoRA deltas and/or adapter ratios multiplied by w "
-             "(w = 1: as trained; w = 0: that part removed); the prompts are kept. "
+             "(weight space; w = 1: as trained; w = 0: that part removed; the prompts are kept), "
+             "or with w * its normalised features + (1 - w) * the frozen CLIP's, renormalised "
+             "(output space; text and image features at w = 0 are the frozen CLIP's). "
              "Generated by `python benchmarks/delta_scaling.py`; "
              f"git {meta['git_revision']}. `vs w = 1`: direction comparisons (setting x "
              "direction, seed means) higher / level / lower than the trained model.", "",
@@ -100,17 +151,21 @@ def markdown(runs: list[dict], meta: dict) -> str:
         return {k: statistics.fmean(r["val"][key][k] for r in done) for k in R1}
 
     base = {s: mean(s, f"{PARTS[0]} x 1.0") for s in settings}  # as trained
-    for part in PARTS:
+    for part in PARTS + OUTPUTS:
         for w in WEIGHTS:
             if w == 1.0 and part != PARTS[0]:
                 continue
             key = f"{part} x {w}"
+            if not all(key in r["val"] for r in runs if r["setting"] in settings):
+                continue
             means = {s: mean(s, key) for s in settings}
             gain = statistics.fmean(means[s][k] - zero[s][k] for s in settings for k in R1)
             diffs = [means[s][k] - base[s][k] for s in settings for k in R1]
             versus = (f"{sum(d > 1e-6 for d in diffs)} / {sum(abs(d) <= 1e-6 for d in diffs)}"
                       f" / {sum(d < -1e-6 for d in diffs)}")
-            lines.append(f"| {'none (as trained)' if w == 1.0 else part} | {w:g} | " + " | ".join(
+            label = ("none (as trained)" if w == 1.0 else
+                     f"{part} (output space)" if part in OUTPUTS else part)
+            lines.append(f"| {label} | {w:g} | " + " | ".join(
                 f"{means[s]['i2t_R@1']:.2f} / {means[s]['t2i_R@1']:.2f}" for s in settings)
                 + f" | {gain:+.2f} | {'' if w == 1.0 else versus} |")
     return "\n".join(lines) + "\n"
@@ -119,7 +174,7 @@ def markdown(runs: list[dict], meta: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=GAIN_SETTINGS, choices=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild delta_scaling.md from delta_scaling.json, run nothing")
