@@ -44,6 +44,15 @@ def test_shots_take_exactly_k_per_class_and_leave_val_and_test(catalogue):  # no
     assert len(other.train) == 4
 
 
+def test_few_shot_val_false_keeps_the_whole_validation_split(catalogue):  # noqa: F811
+    full = _data(catalogue, seed=0, val_fraction=0.5)
+    few = _data(catalogue, seed=0, val_fraction=0.5, shots=1)
+    kept = _data(catalogue, seed=0, val_fraction=0.5, shots=1, few_shot_val=False)
+    assert len(kept.train) == len(few.train) == 4
+    assert len(few.val) < len(full.val)  # the default, CoOp's: min(K, 4) a class
+    assert [s.record.image_id for s in kept.val] == [s.record.image_id for s in full.val]
+
+
 def test_shots_need_classes():
     records = [ImageRecord(f"r{i}", f"{i}.jpg", None, ("a cat",)) for i in range(3)]
     with pytest.raises(ValueError, match=r"needs a class per record; 'r0' has none"):

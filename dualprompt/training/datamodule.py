@@ -114,8 +114,9 @@ class RetrievalDataModule(L.LightningDataModule):
                                                           self.seed)
         if train and self.cfg.shots:  # and, as CoOp, a min(K, 4)-shot validation split
             train_records = few_shot(train_records, self.cfg.shots, self.seed, f"domain {name}")
-            val_records = few_shot(val_records, min(self.cfg.shots, 4), self.seed,
-                                   f"domain {name} val")
+            if self.cfg.few_shot_val:
+                val_records = few_shot(val_records, min(self.cfg.shots, 4), self.seed,
+                                       f"domain {name} val")
         if self.cfg.base_to_novel:  # before negatives: training never names a novel class
             base = self._base(name, train_records + val_records + test_records)
             train_records = [r for r in train_records if r.class_name in base]

@@ -173,6 +173,9 @@ class DatasetConfig:
     # few-shot: K training images per class (after the validation split), seeded by `seed`
     # only, so that every method trains on the same images at a seed; null: all of them
     shots: Optional[int] = None
+    # with `shots`: validation keeps min(K, 4) images a class, as CoOp's few-shot splits;
+    # false keeps the whole validation split (a steadier signal for choosing a recipe)
+    few_shot_val: bool = True
     # evaluate task=attributes: a prompt per attribute, "{}" the value; others get
     # "a photo of something {}."
     attribute_templates: dict[str, str] = field(default_factory=dict)
