@@ -69,6 +69,14 @@ def run(setting: str, seed: int, out: Path) -> dict:
     adapters = [m for m in (model.text_adapter, model.image_adapter) if m is not None]
     trained_b, trained_ratio = [m.b.detach().clone() for m in loras], [m.ratio for m in adapters]
     scored = {}
+
+    def score(key: str) -> None:  # the model as it stands, on the validation signal
+        module = PromptRetrievalModule(model, val_domains=data.val_domains(),
+                                       test_domains=data.test_domains())
+        tester = eval_trainer(cfg.trainer, run_dir)
+        (tester.test if transfer else tester.validate)(module, datamodule=data, verbose=False)
+        scored[key] = getattr(module, f"{split}_results")["AVG"]
+
     for part in PARTS:
         for w in WEIGHTS:
             with torch.no_grad():
@@ -76,12 +84,7 @@ def run(setting: str, seed: int, out: Path) -> dict:
                     m.b.copy_(b * (w if "LoRA" in part else 1.0))
             for m, ratio in zip(adapters, trained_ratio):
                 m.ratio = ratio * (w if "adapters" in part else 1.0)
-            module = PromptRetrievalModule(model, val_domains=data.val_domains(),
-                                           test_domains=data.test_domains())
-            tester = eval_trainer(cfg.trainer, run_dir)
-            (tester.test if transfer else tester.validate)(module, datamodule=data,
-                                                           verbose=False)
-            scored[f"{part} x {w}"] = getattr(module, f"{split}_results")["AVG"]
+            score(f"{part} x {w}")
     with torch.no_grad():
         for m, b in zip(loras, trained_b):
             m.b.copy_(b)
@@ -90,12 +93,7 @@ def run(setting: str, seed: int, out: Path) -> dict:
     for part in OUTPUTS:
         for w in WEIGHTS[1:]:
             with _ensembled(model, w, images=part != OUTPUTS[0]):
-                module = PromptRetrievalModule(model, val_domains=data.val_domains(),
-                                               test_domains=data.test_domains())
-                tester = eval_trainer(cfg.trainer, run_dir)
-                (tester.test if transfer else tester.validate)(module, datamodule=data,
-                                                               verbose=False)
-            scored[f"{part} x {w}"] = getattr(module, f"{split}_results")["AVG"]
+                score(f"{part} x {w}")
     zero = results["zero_shot" if transfer else "zero_shot_val"]["AVG"]
     return {"setting": setting, "seed": seed, "overrides": overrides, "val": scored,
             "zero_shot_val": zero, "trained_val": results[split]["AVG"],
