@@ -4,9 +4,9 @@ Every candidate is `python -m dualprompt.train experiment=world <candidate overr
 setting, run in-process with `test=false`: the numbers are VALIDATION Recall@K only (the test
 splits are never evaluated, so nothing here can be tuned on them). Settings vary the domain,
 the world's seed and its size, and one measures transfer (train on critters, score craft's
-validation split), because a recipe tuned to one world setting does not carry. Two more train
-on 16 images a class (the few-shot column of the quality table): they are reported beside the
-others, not in the mean gain, which stays over the four settings every candidate ran.
+validation split), because a recipe tuned to one world setting does not carry. Three more
+train on 16 images a class (the few-shot column of the quality table): they are reported beside
+the others, not in the mean gain, which stays over the four settings every candidate ran.
 
     python benchmarks/recipe_search.py --out benchmarks/results            # every candidate
     python benchmarks/recipe_search.py --candidates "ours" "ours + adapters" --settings critters

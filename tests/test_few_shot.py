@@ -1,5 +1,6 @@
 """`dataset.shots=K`: exactly K training images per class, the same at a seed whatever the
-method, validation and test untouched; data without classes is refused by name.
+method, validation cut to min(K, 4) a class (or kept whole with `dataset.few_shot_val=false`),
+test untouched; data without classes is refused by name.
 `dataset.base_to_novel=true`: training sees base classes only, the base and novel galleries
 hold only theirs, and results give the harmonic mean."""
 from __future__ import annotations
