@@ -96,7 +96,7 @@ VARIANTS = {  # ours: the ablations, then the full method (last), which is the d
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
         *REWEIGHTED_NEGATIVES, *LORA_9E3],
     # ablation row, not the default: LoRA on the MLP too (`prompt.lora_targets`), higher on
-    # validation (benchmarks/results/recipe_search.md) but a 1.11x training step
+    # validation (benchmarks/results/recipe_search.md) but a 1.06-1.11x training step
     "full + consistency + adapters + LoRA rank 16 on q, k, v and the MLP, 1 re-weighted "
     "negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
