@@ -64,6 +64,14 @@ SETTINGS = {
     "critters + craft, 16 shots": ["dataset=world", "dataset.train_domains=[critters,craft]",
                                    "dataset.test_domains=[]", "dataset.shots=16",
                                    "dataset.few_shot_val=false"],
+    # the cross-domain benchmark's shape (trained on critters + craft together, scored on
+    # blooms and shells, never seen) in another world: seed 1's class names and images, its
+    # VALIDATION splits as the unseen domains' galleries; the benchmark's world stays untouched
+    "transfer critters + craft -> blooms + shells, world seed 1 (val)": [
+        "dataset=world_cross", f"dataset.root={CACHE}/world_seed1",
+        "dataset.generate_args.seed=1",
+        "dataset.domains.blooms.test=blooms/val.json",
+        "dataset.domains.shells.test=shells/val.json"],
 }
 GAIN_SETTINGS = list(SETTINGS)[:4]  # the mean gain's settings (added later: the 16-shot ones)
 # Every candidate spells out what it adds to "ours" (FIRST_SHIPPED), so that its label stays
