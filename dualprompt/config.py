@@ -101,6 +101,12 @@ class PromptConfig:
     # dropout on the input of each LoRA update while it trains (CLIP-LoRA's 0.25); blocks that
     # take the low-rank path only (open_clip's own; timm / EVA blocks run without it, logged)
     lora_dropout: float = 0.0
+    # LoRA on the text tower's token embedding (`prompts.TokenLoRA`): learns the embeddings of
+    # the domain's words, as full fine-tuning does, in a rank-`token_lora_rank` update scaled
+    # by token_lora_alpha / rank; it trains with the LoRA tensors (`optim.lora_lr_scale`).
+    # A rank of 0 switches it off.
+    token_lora_rank: int = 0
+    token_lora_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         self.subcategory_query = SubcategoryQuery(self.subcategory_query)
@@ -145,6 +151,10 @@ class PromptConfig:
             _check(bool(self.lora_towers) and set(self.lora_towers) <= {"text", "image"},
                    "lora_towers", f"must be a non-empty subset of ['text', 'image'], got "
                                   f"{self.lora_towers}")
+        _check(self.token_lora_rank >= 0, "token_lora_rank",
+               f"must be >= 0, got {self.token_lora_rank}")
+        _check(self.token_lora_alpha > 0, "token_lora_alpha",
+               f"must be > 0, got {self.token_lora_alpha}")
         self.class_names = list(self.class_names)
         if self.class_names:
             _check(self.attribute_length > 0, "class_names",

@@ -15,7 +15,7 @@ from . import towers
 from .config import MLP_TARGETS, PromptConfig, SubcategoryQuery
 from .prompt_file import save_prompts
 from .prompts import (AttributePrompts, FeatureAdapter, LowRankAttention, SubcategoryPrompts,
-                      VisualPrompts)
+                      TokenLoRA, VisualPrompts)
 from .tokens import fit_to_window, length_groups
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ class DualPromptCLIP(nn.Module):
                 towers.vision_layers(clip), towers.vision_width(clip), config.lora_rank,
                 config.lora_alpha, config.lora_targets, config.lora_dropout,
                 mlp and towers.mlp_width(towers.vision_blocks(clip)[0]))
+        self.token_lora = (TokenLoRA(tower.token_embedding.num_embeddings, width,
+                                     config.token_lora_rank, config.token_lora_alpha)
+                           if config.token_lora_rank else None)
         for side, lora, blocks in (("text", self.text_lora, towers.text_blocks),
                                    ("image", self.image_lora, towers.vision_blocks)):
             if (lora is not None and config.lora_dropout
@@ -168,6 +171,8 @@ class DualPromptCLIP(nn.Module):
             query = self.subcategory_query(text, eot)  # on the whole window (`text_query`)
         tokens, eot, _ = fit_to_window(text, eot, n_prompt, trim=self.trim_context)
         x = tower.token_embedding(tokens)  # (B, L', W)
+        if self.token_lora is not None:
+            x = x + self.token_lora(tokens).to(x.dtype)
         if token_weights is not None:
             w = token_weights[:, :tokens.shape[1]].to(x.dtype)
             w = w.scatter(1, eot[:, None], 1.0)  # the (possibly moved) end token stays at 1

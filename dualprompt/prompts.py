@@ -160,6 +160,29 @@ class LowRankAttention(nn.Module):
                 for layer in range(self.layers)]
 
 
+
+class TokenLoRA(nn.Module):
+    """LoRA on the text tower's token embedding: e(t) <- E[t] + alpha / rank * a[t] @ b.
+
+    The frozen CLIP never learned the words of a fine-grained domain's subcategory names (a
+    new car model, a bird species): full fine-tuning re-learns their embeddings, which no
+    prompt or attention LoRA reaches. Initialised as LoRA's embedding layers are (Hu et al.
+    2021, loralib; peft's `lora_embedding_A` / `_B`): `a` (vocab, r) zero, `b` (r, W) standard
+    normal, scaling alpha / r. A token's row of `a` only gets a gradient from captions that
+    contain it, so the embedding of a word never seen in training stays the frozen one.
+    """
+
+    def __init__(self, vocab: int, width: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.scaling = alpha / rank
+        self.a = nn.Parameter(torch.zeros(vocab, rank))
+        self.b = nn.Parameter(torch.randn(rank, width))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, L) token ids -> (B, L, W) additive deltas of their embeddings."""
+        return F.embedding(tokens, self.a) @ (self.scaling * self.b)
+
+
 def _kaiming(targets: int, layers: int, rank: int, fan_in: int) -> Tensor:
     a = torch.empty(targets, layers, rank, fan_in)
     for block in a.view(-1, rank, fan_in):

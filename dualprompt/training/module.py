@@ -356,7 +356,8 @@ class PromptRetrievalModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
-        """One group at `optim.lr`, and the LoRA tensors in their own at `optim.lr` x
+        """One group at `optim.lr`, and the LoRA tensors (the towers' and the token
+        embedding's) in their own at `optim.lr` x
         `optim.lora_lr_scale` when that is not 1: low-rank updates of the frozen weights want a
         higher lr than prompt vectors (tuned on validation, CLIP-LoRA chose 3x the prompts' lr:
         benchmarks/results/quality_tuned.md). The scheduler gives both groups the same warm-up
@@ -365,7 +366,8 @@ class PromptRetrievalModule(L.LightningModule):
         if not scale > 0:
             raise ValueError(f"optim.lora_lr_scale must be > 0, got {scale}")
         lora = {id(p) for m in (getattr(self.model, "text_lora", None),
-                                getattr(self.model, "image_lora", None)) if m is not None
+                                getattr(self.model, "image_lora", None),
+                                getattr(self.model, "token_lora", None)) if m is not None
                 for p in m.parameters() if p.requires_grad}
         if scale == 1.0 or not lora:
             return [{"params": params}]
