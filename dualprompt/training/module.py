@@ -357,11 +357,10 @@ class PromptRetrievalModule(L.LightningModule):
 
     def _param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
         """One group at `optim.lr`, and the LoRA tensors (the towers' and the token
-        embedding's) in their own at `optim.lr` x
-        `optim.lora_lr_scale` when that is not 1: low-rank updates of the frozen weights want a
-        higher lr than prompt vectors (tuned on validation, CLIP-LoRA chose 3x the prompts' lr:
-        benchmarks/results/quality_tuned.md). The scheduler gives both groups the same warm-up
-        and cosine factor."""
+        embedding's) in their own at `optim.lr` x `optim.lora_lr_scale` when that is not 1:
+        low-rank updates of the frozen weights want a higher lr than prompt vectors (tuned on
+        validation, CLIP-LoRA chose 3x the prompts' lr: benchmarks/results/quality_tuned.md).
+        The scheduler gives both groups the same warm-up and cosine factor."""
         scale = self.optim_cfg.lora_lr_scale
         if not scale > 0:
             raise ValueError(f"optim.lora_lr_scale must be > 0, got {scale}")
