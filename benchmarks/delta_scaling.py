@@ -41,11 +41,12 @@ from dualprompt.training.factory import eval_trainer
 from dualprompt.training.module import PromptRetrievalModule
 from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
-from method_overrides import ADAPTERS, CONSISTENCY, K1, LORA_R16, REWEIGHTED_NEGATIVES
+from method_overrides import (ADAPTERS, CONSISTENCY, K1, LORA_R16, NO_TOKEN_LORA,
+                              REWEIGHTED_NEGATIVES)
 from recipe_search import CONF, GAIN_SETTINGS, R1, SETTINGS, _slug
 
 # the rank-16 default, spelled out so that the label stays true as the default moves
-DEFAULT = [*CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *LORA_R16]
+DEFAULT = [*CONSISTENCY, *ADAPTERS, *K1, *REWEIGHTED_NEGATIVES, *LORA_R16, *NO_TOKEN_LORA]
 WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)
 PARTS = ("LoRA + adapters", "LoRA", "adapters")  # weight space
 OUTPUTS = ("text features", "text and image features")  # output space

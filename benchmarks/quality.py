@@ -37,8 +37,8 @@ from dualprompt.training.results import git_revision, versions, write_json
 from dualprompt.training.schema import register_configs
 from dualprompt.world.ceiling import ceiling
 from method_overrides import (ADAPTERS, CONSISTENCY, LORA_9E3, LORA_R16, NO_ADAPTERS,
-                              NO_CONSISTENCY, NO_LORA, REWEIGHTED_NEGATIVES,
-                              UNWEIGHTED_NEGATIVES)
+                              NO_CONSISTENCY, NO_LORA, NO_TOKEN_LORA, REWEIGHTED_NEGATIVES,
+                              TOKEN_LORA, UNWEIGHTED_NEGATIVES)
 
 CONF = Path(dualprompt.__file__).parent / "conf"
 SETTINGS = {"in-domain": ["dataset=world_all"], "cross-domain": ["dataset=world_cross"],
@@ -94,17 +94,24 @@ VARIANTS = {  # ours: the ablations, then the full method (last), which is the d
     # world settings): the previous default
     "full + consistency + adapters + LoRA, 1 re-weighted negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
-        *REWEIGHTED_NEGATIVES, *LORA_9E3],
+        *REWEIGHTED_NEGATIVES, *LORA_9E3, *NO_TOKEN_LORA],
     # ablation row, not the default: LoRA on the MLP too (`prompt.lora_targets`), higher on
     # validation (benchmarks/results/recipe_search.md) but a 1.06-1.11x training step
     "full + consistency + adapters + LoRA rank 16 on q, k, v and the MLP, 1 re-weighted "
     "negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
-        *REWEIGHTED_NEGATIVES, *LORA_R16, "prompt.lora_targets=[q,k,v,mlp_in,mlp_out]"],
+        *REWEIGHTED_NEGATIVES, *LORA_R16, "prompt.lora_targets=[q,k,v,mlp_in,mlp_out]",
+        *NO_TOKEN_LORA],
     # LoRA at rank 16 (scale kept at rank 2's): validation, four world settings; the default
+    # before the token embedding's LoRA
     "full + consistency + adapters + LoRA rank 16, 1 re-weighted negative": [
         "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
-        *REWEIGHTED_NEGATIVES, *LORA_R16],
+        *REWEIGHTED_NEGATIVES, *LORA_R16, *NO_TOKEN_LORA],
+    # + LoRA on the token embedding (rank 8, alpha 4): validation, eight world settings; the
+    # default
+    "full + consistency + adapters + LoRA rank 16 + token LoRA, 1 re-weighted negative": [
+        "prompt=dual", "loss=dcar", *CONSISTENCY, *ADAPTERS, "dataset.negatives.k=1",
+        *REWEIGHTED_NEGATIVES, *LORA_R16, *TOKEN_LORA],
 }
 ROWS = {**BASELINES, **VARIANTS}
 FULL = list(VARIANTS)[-1]
