@@ -328,7 +328,12 @@ def plot(summary: dict, path: Path, ceilings: dict, seeds: int) -> None:
                      and rows[n]["n"] != seeds else "") for n in names]
         ax.set_xticks(range(len(names)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{setting}: test R@1 (%)")
-        ax.legend()
+        # headroom above the bars and the ceiling lines, so that the legend covers neither
+        tops = [rows[n][m]["mean"] + rows[n][m]["std"] for n in names
+                for m in ("i2t_R@1", "t2i_R@1")]
+        tops += list((ceilings.get(setting) or {}).values())
+        ax.set_ylim(0, 1.4 * max(tops))
+        ax.legend(ncol=2, loc="upper center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

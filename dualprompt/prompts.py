@@ -160,7 +160,6 @@ class LowRankAttention(nn.Module):
                 for layer in range(self.layers)]
 
 
-
 class TokenLoRA(nn.Module):
     """LoRA on the text tower's token embedding: e(t) <- E[t] + alpha / rank * a[t] @ b.
 
