@@ -251,9 +251,10 @@ CANDIDATES = {
     # full fine-tuning's edge at 16 shots (critters + craft, seed 0, scratch runs): with its
     # token embedding frozen it scored 34.38 / 31.25 against 38.44 / 35.63, with only the
     # token embedding trained 33.12 / 33.13: it re-learns the embeddings of the class names'
-    # words, which no prompt or tower LoRA reaches. LoRA on the token embedding, rank 8; alpha
-    # 0.25 moves an embedding about as far a step as full fine-tuning's lr 1e-3 does, at the
-    # LoRA tensors' 9e-3. On critters + craft, 16 shots, seed 0: alpha 0.25 36.87 / 35.94,
+    # words, which no prompt or tower LoRA reaches. LoRA on the token embedding, rank 8; at
+    # alpha 0.25 an embedding moves about as far a step as under full fine-tuning's lr 1e-3
+    # (an estimate from Adam's first, sign-like steps at the LoRA tensors' 9e-3, not a
+    # measurement). On critters + craft, 16 shots, seed 0: alpha 0.25 36.87 / 35.94,
     # 1 38.13 / 37.19, 4 40.00 / 39.37, 16 40.62 / 39.06 (the default 35.94 / 34.06); alpha 4
     # was run on every setting, two seeds, and is the default: mean gain +9.10 against +7.70,
     # higher in 6 of 8 comparisons, level in 2; 16 shots +3.4 / +0.6 (critters), -0.3 / -0.6

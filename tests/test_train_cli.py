@@ -67,8 +67,8 @@ def test_train_writes_results_checkpoint_and_prompt_file_then_resumes(toy, tiny_
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1
     adapters = {f"model.{tower}_adapter.mlp.{i}.weight" for tower in ("image", "text")
-                for i in (0, 2)}  # the default method's feature adapters and LoRA
-    lora = {f"model.{tower}_lora.{m}" for tower in ("image", "text") for m in "ab"}
+                for i in (0, 2)}  # the default method's feature adapters and LoRAs
+    lora = {f"model.{part}_lora.{m}" for part in ("image", "text", "token") for m in "ab"}
     assert set(ckpt["state_dict"]) == {"model.attribute.vectors", "model.subcategory.vectors",
                                        "model.subcategory.keys", "model.visual_prompts.vectors",
                                        *adapters, *lora}
