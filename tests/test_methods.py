@@ -20,10 +20,11 @@ pytestmark = pytest.mark.slow  # every method through the CLI: ~3 min on 2 cores
 # PromptSRC 0.75) give 3 there, as their 12 and 9 on ViT-B
 ADAPTERS = {f"model.{side}_adapter.mlp.{i}.weight" for side in ("image", "text") for i in (0, 2)}
 LORA = {f"model.{side}_lora.{m}" for side in ("image", "text") for m in "ab"}
+TOKEN_LORA = {"model.token_lora.a", "model.token_lora.b"}  # the default's, on the embedding
 METHODS = {
     "dualprompt": ([], {"model.attribute.vectors", "model.subcategory.vectors",
                         "model.subcategory.keys", "model.visual_prompts.vectors", *ADAPTERS,
-                        *LORA}),
+                        *LORA, *TOKEN_LORA}),
     "coop": ([], {"model.attribute.vectors"}),
     "coop_csc": ([], {"model.attribute.vectors"}),
     "vpt": ([], {"model.visual_prompts.vectors"}),
